@@ -1,0 +1,161 @@
+"""Reading inputs and writing outputs: one place for the rules every stage follows.
+
+- Bad input raises `BadInputError`, whose message names the file, the record and the
+  problem on one line; `run_stage` turns it into that line on stderr and exit code 1.
+- Outputs are written to a temp file beside the target and renamed into place, so a
+  failed stage never leaves a half-written out.
+- JSON is written deterministically (fixed key order, UTF-8, "\n" line ends) so data
+  stages are byte-for-byte reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadInputError(Exception):
+    """Input that the pipeline refuses: the message is the one line the user sees."""
+
+    def __init__(self, path: str | Path, where: str | None, problem: str):
+        self.path, self.where, self.problem = str(path), where, problem
+        super().__init__(f"{path}: {where}: {problem}" if where else f"{path}: {problem}")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Entry point wrapper: bad input is one clear line and a non-zero exit, no traceback."""
+    setup_logging()
+    try:
+        main()
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 file; bad bytes are reported with their line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, None, "file does not exist")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise BadInputError(path, f"line {line}", f"not valid UTF-8 (byte 0x{data[err.start]:02x})") from None
+
+
+def read_json(path: str | Path) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BadInputError(path, f"line {err.lineno}", f"malformed JSON: {err.msg}") from None
+
+
+def validation_problem(err: ValidationError) -> str:
+    """The first pydantic error as 'field: message'."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "record"
+    return f"field '{loc}': {first['msg']}"
+
+
+def parse_record(model: type[M], obj: Any, path: str | Path, where: str) -> M:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as err:
+        raise BadInputError(path, where, validation_problem(err)) from None
+
+
+def iter_jsonl(path: str | Path, model: type[M]) -> Iterator[M]:
+    """Yield validated records from a JSONL file; blank lines are skipped."""
+    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadInputError(path, f"line {lineno}", f"malformed JSON: {err.msg}") from None
+        yield parse_record(model, obj, path, f"line {lineno}")
+
+
+def read_jsonl(path: str | Path, model: type[M]) -> list[M]:
+    return list(iter_jsonl(path, model))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def dumps(obj: Any) -> str:
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for rec in records:
+            f.write(dumps(rec) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
+        f.write("\n")

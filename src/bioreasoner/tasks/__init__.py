@@ -1,0 +1,1 @@
+"""Task construction: MeSH grouping, prompts and the extractive teacher."""

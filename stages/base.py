@@ -1,0 +1,67 @@
+"""Stage `base`: the model every version starts from, as a loadable directory.
+
+    dvc repro base
+    python stages/base.py --corpus data/corpus.jsonl --out models/base
+
+`model.base: tiny` (the embedded default) trains a byte-level BPE tokenizer on the
+training papers (test papers excluded) and initialises a small Qwen2 model from `seed`.
+Any other value is a Hugging Face id or local path, copied into `models/base/` as
+safetensors (`model.trust_remote_code` from params; `HF_HUB_OFFLINE=1` honoured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from bioreasoner.io import atomic_path, iter_jsonl, load_params, run_stage
+from bioreasoner.models import load_model, load_tokenizer, save_model
+from bioreasoner.records import Paper
+from bioreasoner.tasks.prompts import SYSTEM_PROMPT
+from bioreasoner.tasks.split import read_test_pmids
+from bioreasoner.tiny_model import build_model, train_tokenizer
+
+log = logging.getLogger("base")
+
+
+def tokenizer_texts(corpus: str, test_pmids: set[str]) -> list[str]:
+    """Training papers' text, plus the fixed prompt text every task carries."""
+    texts = [SYSTEM_PROMPT]
+    for p in iter_jsonl(corpus, Paper):
+        if p.pmid not in test_pmids:
+            texts += [p.title, p.abstract] + ([p.long_answer] if p.long_answer else [])
+    return texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--corpus", default="data/corpus.jsonl")
+    ap.add_argument("--out", default="models/base")
+    args = ap.parse_args()
+
+    # -- params
+    params = load_params(args.params)
+    mcfg, cfg, seed = params["model"], params["base"], params["seed"]
+
+    # -- build or fetch the model
+    if mcfg["base"] == "tiny":
+        texts = tokenizer_texts(args.corpus, read_test_pmids(params["split"]["test_pmids"]))
+        tokenizer = train_tokenizer(texts, **cfg["tokenizer"])
+        model = build_model(tokenizer, cfg["tiny"], seed)
+        log.info("tiny Qwen2: %d tokens in vocab, %.2fM parameters",
+                 len(tokenizer), sum(p.numel() for p in model.parameters()) / 1e6)
+    else:
+        trust = bool(mcfg.get("trust_remote_code", False))
+        tokenizer = load_tokenizer(mcfg["base"], trust_remote_code=trust)
+        model = load_model(mcfg["base"], trust_remote_code=trust, dtype=mcfg["dtype"])
+        log.info("base model %s loaded", mcfg["base"])
+
+    # -- save (atomically: a failed save leaves no half-written model directory)
+    with atomic_path(args.out, directory=True) as tmp:
+        save_model(model, tokenizer, tmp)
+    log.info("saved %s", args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)
