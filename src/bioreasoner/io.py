@@ -133,6 +133,10 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp create private (0600/0700) paths; outs get the usual umask modes.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod((0o777 if directory else 0o666) & ~umask)
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
