@@ -49,8 +49,11 @@ def main() -> None:
         texts = tokenizer_texts(args.corpus, read_test_pmids(params["split"]["test_pmids"]))
         tokenizer = train_tokenizer(texts, **cfg["tokenizer"])
         model = build_model(tokenizer, cfg["tiny"], seed)
-        log.info("tiny Qwen2: %d tokens in vocab, %.2fM parameters",
-                 len(tokenizer), sum(p.numel() for p in model.parameters()) / 1e6)
+        log.info(
+            "tiny Qwen2: %d tokens in vocab, %.2fM parameters",
+            len(tokenizer),
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
     else:
         trust = bool(mcfg.get("trust_remote_code", False))
         tokenizer = load_tokenizer(mcfg["base"], trust_remote_code=trust)

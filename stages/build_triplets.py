@@ -37,25 +37,41 @@ def make_tasks(papers: list[Paper], cfg: dict, seed: int) -> list[Task]:
     tasks = []
     for p in papers:
         if p.question and p.decision:
-            tasks.append(Task(
-                id=f"qa-{p.pmid}", type="qa", sources=[sources[p.pmid]], gold=p.decision,
-                messages=qa_messages(sources[p.pmid], p.question),
-                reference=qa_reference(p.pmid, shown[p.pmid], p.question, p.long_answer, p.decision, min_think),
-            ))
+            tasks.append(
+                Task(
+                    id=f"qa-{p.pmid}",
+                    type="qa",
+                    sources=[sources[p.pmid]],
+                    gold=p.decision,
+                    messages=qa_messages(sources[p.pmid], p.question),
+                    reference=qa_reference(p.pmid, shown[p.pmid], p.question, p.long_answer, p.decision, min_think),
+                )
+            )
     g = cfg["grouping"]
     groups = group_by_mesh(
-        [(p.pmid, p.mesh) for p in papers], max_df_fraction=g["max_df_fraction"], max_df_cap=g["max_df_cap"],
-        max_uses=g["max_uses_per_paper"], seed=seed, max_groups=cfg["max_groups_per_type"] * len(CROSS_TYPES),
+        [(p.pmid, p.mesh) for p in papers],
+        max_df_fraction=g["max_df_fraction"],
+        max_df_cap=g["max_df_cap"],
+        max_uses=g["max_uses_per_paper"],
+        seed=seed,
+        max_groups=cfg["max_groups_per_type"] * len(CROSS_TYPES),
     )
     for i, group in enumerate(groups):
         ttype = CROSS_TYPES[i % len(CROSS_TYPES)]
         srcs = [sources[pmid] for pmid in group.pmids]
-        reference = cross_reference(ttype, group.pmids, [s.title for s in srcs], [shown[p] for p in group.pmids],
-                                    group.shared, min_think)
-        tasks.append(Task(
-            id=f"{ttype}-{'-'.join(group.pmids)}", type=ttype, sources=srcs, messages=cross_messages(ttype, srcs),
-            reference=reference, shared_mesh=list(group.shared),
-        ))
+        reference = cross_reference(
+            ttype, group.pmids, [s.title for s in srcs], [shown[p] for p in group.pmids], group.shared, min_think
+        )
+        tasks.append(
+            Task(
+                id=f"{ttype}-{'-'.join(group.pmids)}",
+                type=ttype,
+                sources=srcs,
+                messages=cross_messages(ttype, srcs),
+                reference=reference,
+                shared_mesh=list(group.shared),
+            )
+        )
     return tasks
 
 
@@ -88,8 +104,10 @@ def main() -> None:
     out = Path(args.out_dir)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)
-    counts = {name: dict(sorted(Counter(t.type for t in ts).items())) | {"total": len(ts)}
-              for name, ts in (("train", train), ("test", test))}
+    counts = {
+        name: dict(sorted(Counter(t.type for t in ts).items())) | {"total": len(ts)}
+        for name, ts in (("train", train), ("test", test))
+    }
     write_json(args.metrics, {"papers": {"train": len(train_papers), "test": len(test_papers)}, "tasks": counts})
     log.info("tasks: %s", counts)
 

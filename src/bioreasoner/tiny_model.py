@@ -23,7 +23,9 @@ SPECIAL = [EOS, IM_START, IM_END, PAD]
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -48,8 +50,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     # skip_special_tokens=True must keep them, since parsers and rewards read them.
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in (THINK_OPEN, THINK_CLOSE)])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, unk_token=None,
-        additional_special_tokens=[EOS, IM_START], padding_side="left", model_max_length=2048,
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        unk_token=None,
+        additional_special_tokens=[EOS, IM_START],
+        padding_side="left",
+        model_max_length=2048,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -68,6 +75,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, arch: dict[str, Any], seed: 
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOS)],
         pad_token_id=tokenizer.pad_token_id,
-        do_sample=True, temperature=0.7, top_p=0.95, max_new_tokens=256,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.95,
+        max_new_tokens=256,
     )
     return model

@@ -32,8 +32,9 @@ def think_text(reference: str) -> str:
     return reference.split("</think>", 1)[0].removeprefix("<think>").strip()
 
 
-def qa_reference(pmid: str, ex: Excerpt, question: str, long_answer: str | None, gold: str,
-                 min_think_chars: int) -> str:
+def qa_reference(
+    pmid: str, ex: Excerpt, question: str, long_answer: str | None, gold: str, min_think_chars: int
+) -> str:
     conclusion = sentences(long_answer or "") or [ex.finding]
     think = (
         f"The question is: {question} The evidence is one paper, {cite(pmid)}. "
@@ -44,8 +45,14 @@ def qa_reference(pmid: str, ex: Excerpt, question: str, long_answer: str | None,
     return f"<think>\n{think}\n</think>\n{conclusion[0]} {cite(pmid)}\n\nAnswer: {gold}"
 
 
-def cross_reference(task_type: str, pmids: Sequence[str], titles: Sequence[str], exs: Sequence[Excerpt],
-                    shared: Sequence[str], min_think_chars: int) -> str:
+def cross_reference(
+    task_type: str,
+    pmids: Sequence[str],
+    titles: Sequence[str],
+    exs: Sequence[Excerpt],
+    shared: Sequence[str],
+    min_think_chars: int,
+) -> str:
     a, b, c = (cite(p) for p in pmids)
     ea, eb, ec = exs
     topic = "; ".join(shared[:3]) if shared else "related clinical questions"

@@ -1,0 +1,85 @@
+"""build_triplets on the bundled corpus: the split holds, references are grounded, and
+the same params give byte-identical files."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+
+from bioreasoner.io import load_params, read_jsonl
+from bioreasoner.records import Paper, Task
+from bioreasoner.tasks.split import assert_no_leakage, read_test_pmids
+from bioreasoner.tasks.teacher import think_text
+from tests.conftest import ROOT, run_stage
+
+CITE = re.compile(r"\[PMID:(\d+)\]")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Run harvest + build_triplets twice in two fresh copies; return both outputs."""
+    import shutil
+
+    outs = []
+    for i in range(2):
+        proj = tmp_path_factory.mktemp(f"proj{i}")
+        for name in ("params.yaml", "stages", "src", "data/sources"):
+            src = ROOT / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / name)
+        for script, args in (("harvest.py", ()), ("build_triplets.py", ())):
+            res = run_stage(proj, script, *args)
+            assert res.returncode == 0, res.stderr
+        outs.append(proj)
+    return outs
+
+
+def _md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_outputs_are_byte_identical_across_runs(built):
+    a, b = built
+    for rel in ("data/corpus.jsonl", "data/tasks/train.jsonl", "data/tasks/test.jsonl", "metrics/tasks.json"):
+        assert _md5(a / rel) == _md5(b / rel), rel
+
+
+def test_no_test_paper_in_any_train_task(built):
+    proj = built[0]
+    test_pmids = read_test_pmids(proj / load_params(proj / "params.yaml")["split"]["test_pmids"])
+    train = read_jsonl(proj / "data/tasks/train.jsonl", Task)
+    test = read_jsonl(proj / "data/tasks/test.jsonl", Task)
+    assert_no_leakage(train, test_pmids)
+    assert all(set(t.source_pmids) <= test_pmids for t in test)  # and test tasks use test papers only
+    qa_test = {t.source_pmids[0] for t in test if t.type == "qa"}
+    assert qa_test == test_pmids  # every official test PMID is a test qa task
+
+
+def test_assert_no_leakage_catches_a_leak(built):
+    train = read_jsonl(built[0] / "data/tasks/train.jsonl", Task)
+    with pytest.raises(AssertionError, match="uses test paper"):
+        assert_no_leakage(train, {train[0].source_pmids[0]})
+
+
+def test_every_task_type_present_in_both_splits(built):
+    for split in ("train", "test"):
+        types = {t.type for t in read_jsonl(built[0] / f"data/tasks/{split}.jsonl", Task)}
+        assert types == {"qa", "critique_extend", "method_bridge", "gap_analysis"}
+
+
+def test_references_are_grounded_and_well_formed(built):
+    corpus = {p.pmid: p for p in read_jsonl(built[0] / "data/corpus.jsonl", Paper)}
+    for task in read_jsonl(built[0] / "data/tasks/train.jsonl", Task):
+        assert task.reference.startswith("<think>\n") and task.reference.count("</think>") == 1
+        assert len(think_text(task.reference)) >= 200
+        cited = set(CITE.findall(task.reference))
+        assert cited and cited <= set(task.source_pmids), task.id  # cites only its own sources
+        prompt = task.messages[-1].content
+        for src in task.sources:
+            assert f"[PMID:{src.pmid}]" in prompt
+        if task.type == "qa":
+            assert task.reference.rstrip().endswith(f"Answer: {task.gold}")
+            assert task.gold == corpus[task.source_pmids[0]].decision
+        else:
+            assert len(task.sources) == 3 and task.shared_mesh
