@@ -59,9 +59,7 @@ def make_tasks(papers: list[Paper], cfg: dict, seed: int) -> list[Task]:
     for i, group in enumerate(groups):
         ttype = CROSS_TYPES[i % len(CROSS_TYPES)]
         srcs = [sources[pmid] for pmid in group.pmids]
-        reference = cross_reference(
-            ttype, group.pmids, [s.title for s in srcs], [shown[p] for p in group.pmids], group.shared, min_think
-        )
+        reference = cross_reference(ttype, group.pmids, [shown[p] for p in group.pmids], group.shared, min_think)
         tasks.append(
             Task(
                 id=f"{ttype}-{'-'.join(group.pmids)}",

@@ -1,5 +1,6 @@
-"""The DVC pipeline end to end in a temp git repo: repro, a no-op second repro, identical
-md5s across clean runs, and a failing stage that leaves dvc.lock alone."""
+"""The DVC pipeline's data stages end to end in a temp git repo: repro, a no-op second repro,
+identical md5s across clean runs, and a failing stage that leaves dvc.lock alone. (Training
+stages have their own tests; running them here twice would cost minutes.)"""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 DATA_OUTS = ("data/corpus.jsonl", "data/tasks/train.jsonl", "data/tasks/test.jsonl")
+TARGETS = ("base", "build_triplets")
 
 
 def sh(cwd, *cmd, check=True):
@@ -43,13 +45,13 @@ def repro_twice(tmp_path_factory):
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / name)
         init_repo(proj)
-        sh(proj, "dvc", "repro")
+        sh(proj, "dvc", "repro", *TARGETS)
         projects.append(proj)
     return projects
 
 
 def test_second_repro_changes_nothing(repro_twice):
-    res = sh(repro_twice[0], "dvc", "repro")
+    res = sh(repro_twice[0], "dvc", "repro", *TARGETS)
     assert "Data and pipelines are up to date" in res.stdout
     assert "Running stage" not in res.stdout
 
@@ -65,7 +67,7 @@ def test_failed_stage_leaves_lock_unchanged(repro_twice):
     proj = repro_twice[1]
     before = (proj / "dvc.lock").read_text()
     (proj / "data/sources/pubmedqa/ori_pqal.json").write_text('{"1": {"QUESTION": "Q?"')
-    res = sh(proj, "dvc", "repro", check=False)
+    res = sh(proj, "dvc", "repro", *TARGETS, check=False)
     assert res.returncode != 0
     assert "ori_pqal.json: line 1: malformed JSON" in res.stderr + res.stdout
     assert (proj / "dvc.lock").read_text() == before

@@ -35,54 +35,45 @@ def think_text(reference: str) -> str:
 def qa_reference(
     pmid: str, ex: Excerpt, question: str, long_answer: str | None, gold: str, min_think_chars: int
 ) -> str:
-    conclusion = sentences(long_answer or "") or [ex.finding]
+    conclusion = (sentences(long_answer or "") or [ex.finding])[0]
+    method = f" How it was studied: {ex.method}" if ex.method not in (ex.aim, ex.finding) else ""
     think = (
         f"The question is: {question} The evidence is one paper, {cite(pmid)}. "
-        f"Its aim: {ex.aim} How it was studied: {ex.method} What it found: {ex.finding} "
-        f"Weighing these findings against the question: {' '.join(conclusion)}"
+        f"Its aim: {ex.aim}{method} What it found: {ex.finding}"
     )
     think = _pad_think(think, min_think_chars, f"The answer must rest on {cite(pmid)} alone.")
-    return f"<think>\n{think}\n</think>\n{conclusion[0]} {cite(pmid)}\n\nAnswer: {gold}"
+    return f"<think>\n{think}\n</think>\n{conclusion} {cite(pmid)}\n\nAnswer: {gold}"
 
 
 def cross_reference(
     task_type: str,
     pmids: Sequence[str],
-    titles: Sequence[str],
     exs: Sequence[Excerpt],
     shared: Sequence[str],
     min_think_chars: int,
 ) -> str:
     a, b, c = (cite(p) for p in pmids)
-    ea, eb, ec = exs
     topic = "; ".join(shared[:3]) if shared else "related clinical questions"
-    think = " ".join(
-        f'{cite(p)} ("{t}") sets out: {e.aim} Its approach: {e.method} It reports: {e.finding}'
-        for p, t, e in zip(pmids, titles, exs, strict=True)
-    )
+    think = " ".join(f"{cite(p)} sets out: {e.aim} It reports: {e.finding}" for p, e in zip(pmids, exs, strict=True))
     think += f" The three papers meet on {topic}."
     think = _pad_think(think, min_think_chars, f"Only {a}, {b} and {c} may be cited.")
     if task_type == "critique_extend":
         answer = (
-            f"Critique: {a} rests on one design and setting ({ea.method}) and reports: {ea.finding} "
-            f"{b} and {c} study {topic} in other populations, so that result needs testing beyond "
-            f"the sample of {a}.\n"
-            f"Extension: repeat the analysis of {a} in the population of {b}, measuring the outcome "
-            f"that {c} reports ({ec.finding})"
+            f"Critique: {a} rests on a single design and setting; {b} and {c} study {topic} in other "
+            f"populations, so its result needs testing beyond its own sample.\n"
+            f"Extension: repeat the analysis of {a} in the population of {b}, measuring the outcome {c} reports."
         )
     elif task_type == "method_bridge":
         answer = (
-            f"Method: {a} used this approach: {ea.method}\n"
-            f'Bridge: the question of {b} ("{titles[1]}") could be studied the same way. {b} reports: '
-            f"{eb.finding} A design borrowed from {a} would test whether that holds under its "
-            f"controls, and {c} gives the comparison point: {ec.finding}"
+            f"Method: the approach of {a} ({exs[0].method})\n"
+            f"Bridge: apply it to the question of {b}, to test whether its finding holds under the "
+            f"controls of {a}, with {c} as the comparison point."
         )
     elif task_type == "gap_analysis":
         answer = (
-            f"Gap: {a} reports: {ea.finding} {b} reports: {eb.finding} {c} reports: {ec.finding} "
-            f"None of them links these findings on {topic} within one cohort.\n"
-            f"Proposed study: one prospective cohort that measures the outcomes of {a} and {b} "
-            f"together, using the approach of {b}: {eb.method}"
+            f"Gap: {a}, {b} and {c} each study {topic}, but none links these findings within one cohort.\n"
+            f"Proposed study: one prospective cohort that measures the outcomes of {a} and {b} together, "
+            f"using the approach of {b}."
         )
     else:
         raise ValueError(f"unknown cross-paper task type {task_type!r}")
