@@ -11,11 +11,10 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,6 +25,7 @@ from bioreasoner.harvest import openalex_api, pubmed_api
 from bioreasoner.harvest.http import CachedClient, FetchError
 from bioreasoner.harvest.ledger import Ledger
 from bioreasoner.io import BadInputError
+from tests.conftest import loopback, send
 
 FIX = Path(__file__).parent / "fixtures"
 SECRET = "s3cr3t-KEY-0123456789"
@@ -59,27 +59,13 @@ def server() -> Iterator[Replay]:
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             replay.requests.append((url.path, query))
             route = replay.routes.get(url.path)
-            status, headers, body = route(query) if route else (404, {}, b"no route")
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send(self, *(route(query) if route else (404, {}, b"no route")))
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    replay.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with loopback(Handler) as replay.base_url:
         yield replay
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def failing_first(route: Route, *failures: Reply) -> Route:

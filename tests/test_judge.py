@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -21,6 +20,7 @@ from bioreasoner.records import Message, Source, Task
 from bioreasoner.tasks.excerpt import Excerpt
 from bioreasoner.tasks.prompts import cross_messages, qa_messages
 from bioreasoner.tasks.teacher import cross_reference, qa_reference
+from tests.conftest import loopback, send
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -350,26 +350,14 @@ def server() -> Iterator[Scripted]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             scripted.requests.append((dict(self.headers.items()), json.loads(body)))
-            status, headers, payload = scripted.replies.pop(0) if len(scripted.replies) > 1 else scripted.replies[0]
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            send(self, *(scripted.replies.pop(0) if len(scripted.replies) > 1 else scripted.replies[0]))
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    scripted.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
+    with loopback(Handler) as url:
+        scripted.base_url = f"{url}/v1"
         yield scripted
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def make_judge(server: Scripted, tmp_path: Path, **kw: Any) -> OpenAIJudge:
