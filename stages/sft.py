@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
@@ -69,7 +70,7 @@ def build_trainer(params: dict[str, Any], tasks: list[Task], model_dir: str, ckp
         save_total_limit=2,
         report_to="none",  # DVCLive is attached below, into this stage's own folder
         dataset_num_proc=None,
-        use_cpu=not _cuda(),
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = SFTTrainer(
         model=model,
@@ -82,12 +83,6 @@ def build_trainer(params: dict[str, Any], tasks: list[Task], model_dir: str, ckp
     trainer.data_collator = counter
     trainer.add_callback(LogSupervisedFraction(counter))
     return trainer
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main() -> None:

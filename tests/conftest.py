@@ -19,10 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may downloa
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A throwaway copy of the project (tracked sources only) to run stages or dvc in."""
-    dst = tmp_path / "proj"
+def copy_project(dst: Path) -> Path:
+    """Copy the project's tracked sources (no outputs, no .venv) into `dst`."""
     for name in ("dvc.yaml", "params.yaml", "stages", "src", "data/sources", ".dvcignore"):
         src = ROOT / name
         if src.is_dir():
@@ -31,6 +29,12 @@ def project(tmp_path: Path) -> Path:
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / name)
     return dst
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A throwaway copy of the project to run stages or dvc in."""
+    return copy_project(tmp_path / "proj")
 
 
 def run_stage(project: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -8,19 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import run_stage
+from tests.conftest import copy_project, run_stage
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    import shutil
-
-    from tests.conftest import ROOT
-
-    proj = tmp_path_factory.mktemp("base")
-    for name in ("params.yaml", "stages", "src", "data/sources"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / name)
+    proj = copy_project(tmp_path_factory.mktemp("base"))
     assert run_stage(proj, "harvest.py").returncode == 0
     for out in ("models/base", "models/base2"):
         res = run_stage(proj, "base.py", "--out", out)

@@ -12,7 +12,7 @@ from bioreasoner.io import load_params, read_jsonl
 from bioreasoner.records import Paper, Task
 from bioreasoner.tasks.split import assert_no_leakage, read_test_pmids
 from bioreasoner.tasks.teacher import think_text
-from tests.conftest import ROOT, run_stage
+from tests.conftest import copy_project, run_stage
 
 CITE = re.compile(r"\[PMID:(\d+)\]")
 
@@ -20,14 +20,9 @@ CITE = re.compile(r"\[PMID:(\d+)\]")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """Run harvest + build_triplets twice in two fresh copies; return both outputs."""
-    import shutil
-
     outs = []
     for i in range(2):
-        proj = tmp_path_factory.mktemp(f"proj{i}")
-        for name in ("params.yaml", "stages", "src", "data/sources"):
-            src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / name)
+        proj = copy_project(tmp_path_factory.mktemp(f"proj{i}"))
         for script, args in (("harvest.py", ()), ("build_triplets.py", ())):
             res = run_stage(proj, script, *args)
             assert res.returncode == 0, res.stderr

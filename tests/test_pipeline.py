@@ -4,11 +4,12 @@ stages have their own tests; running them here twice would cost minutes.)"""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 import yaml
+
+from tests.conftest import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +37,9 @@ def lock_md5s(project) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def repro_twice(tmp_path_factory):
-    from tests.conftest import ROOT
-
     projects = []
     for i in range(2):
-        proj = tmp_path_factory.mktemp(f"pipe{i}")
-        for name in ("dvc.yaml", "params.yaml", "stages", "src", "data/sources"):
-            src = ROOT / name
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, proj / name)
+        proj = copy_project(tmp_path_factory.mktemp(f"pipe{i}"))
         init_repo(proj)
         sh(proj, "dvc", "repro", *TARGETS)
         projects.append(proj)
