@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from bioreasoner import lineage
 from bioreasoner.io import atomic_path, iter_jsonl, load_params, run_stage
 from bioreasoner.models import load_model, load_tokenizer, save_model
 from bioreasoner.records import Paper
@@ -63,6 +64,9 @@ def main() -> None:
     # -- save (atomically: a failed save leaves no half-written model directory)
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, tokenizer, tmp)
+        used = {k: params[k] for k in ("seed", "model", "base", "split")}
+        inputs = [args.corpus, params["split"]["test_pmids"]] if mcfg["base"] == "tiny" else []
+        lineage.write(tmp, lineage.record("base", used, inputs))
     log.info("saved %s", args.out)
 
 

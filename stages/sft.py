@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
+from bioreasoner import lineage
 from bioreasoner.data import to_sft_row
 from bioreasoner.io import atomic_path, load_params, read_jsonl, run_stage, write_json
 from bioreasoner.models import load_model, load_tokenizer
@@ -116,6 +117,7 @@ def main() -> None:
     with atomic_path(args.out, directory=True) as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         trainer.processing_class.save_pretrained(str(tmp))
+        lineage.write(tmp, lineage.record("sft", used, [args.tasks, args.model]))
 
     # -- metrics
     history = trainer.state.log_history

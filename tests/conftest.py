@@ -66,3 +66,12 @@ def send(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], 
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> tuple[Path, list]:
+    """(folder of a tiny saved model, the six hand-made qa tasks its tokenizer was trained on)."""
+    from tests.tiny import build_tiny, make_task
+
+    tasks = [make_task(i) for i in range(6)]
+    return build_tiny(tmp_path_factory.mktemp("tiny"), tasks), tasks

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 
+from bioreasoner import lineage
 from tests.conftest import copy_project
 
 pytestmark = pytest.mark.slow
@@ -67,3 +68,12 @@ def test_failed_stage_leaves_lock_unchanged(repro_twice):
     assert res.returncode != 0
     assert "ori_pqal.json: line 1: malformed JSON" in res.stderr + res.stdout
     assert (proj / "dvc.lock").read_text() == before
+
+
+def test_lineage_hashes_are_the_dvc_lock_hashes(repro_twice):
+    proj = repro_twice[0]
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    base_lineage = lineage.read(proj / "models/base")
+    corpus_md5 = next(d["md5"] for d in lock["base"]["deps"] if d["path"] == "data/corpus.jsonl")
+    assert base_lineage["inputs"]["data/corpus.jsonl"] == corpus_md5
+    assert lineage.dvc_md5(proj / "models/base") == lock_md5s(proj)["models/base"]  # a folder's .dir hash

@@ -3,59 +3,12 @@ QLoRA without CUDA fails with a clear message."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-from bioreasoner.records import Message, Source, Task
-from bioreasoner.tiny_model import build_model, train_tokenizer
 from bioreasoner.training import check_quantization
 from tests.conftest import ROOT
-
-ARCH = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-    tie_word_embeddings=False,
-)
-
-
-def load_stage(name: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def make_task(i: int) -> Task:
-    src = Source(pmid=str(1000 + i), title=f"Title {i}", text=f"Background sentence {i}. Result sentence {i}.")
-    return Task(
-        id=f"qa-{i}",
-        type="qa",
-        sources=[src],
-        gold="yes",
-        messages=[
-            Message(role="system", content="Think first."),
-            Message(role="user", content=f"Paper [PMID:{src.pmid}] says things. Question {i}?"),
-        ],
-        reference=f"<think>\nPaper [PMID:{src.pmid}] reports result {i}, so yes.\n</think>\nIt does. "
-        f"[PMID:{src.pmid}]\n\nAnswer: yes" + " more" * i,  # varied lengths: padding happens
-    )
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    tasks = [make_task(i) for i in range(6)]
-    texts = [m.content for t in tasks for m in t.messages] + [t.reference for t in tasks]
-    tok = train_tokenizer(texts * 20, vocab_size=400, min_frequency=1)
-    out = tmp_path_factory.mktemp("tiny")
-    build_model(tok, ARCH, seed=0).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out, tasks
+from tests.tiny import load_stage
 
 
 def test_prompt_tokens_are_never_supervised(tiny_base, tmp_path):

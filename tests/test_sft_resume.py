@@ -17,7 +17,6 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT
-from tests.test_sft import tiny_base  # noqa: F401  (fixture)
 
 STEPS = 40
 
@@ -58,7 +57,7 @@ def run_to_end(args) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_uninterrupted_run(tiny_base, tmp_path):  # noqa: F811
+def test_resume_after_kill_matches_uninterrupted_run(tiny_base, tmp_path):
     model_dir, tasks = tiny_base
     write_inputs(tmp_path, model_dir, tasks)
 

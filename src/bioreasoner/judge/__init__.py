@@ -97,3 +97,23 @@ def agreement(a: list[bool], b: list[bool]) -> dict[str, float | int | None]:
     p_e = pa * pb + (1 - pa) * (1 - pb)
     kappa = (1.0 if p_o == 1 else 0.0) if p_e == 1 else (p_o - p_e) / (1 - p_e)
     return {"n": n, "agreement": round(float(p_o), 4), "cohens_kappa": round(float(kappa), 4)}
+
+
+def score_all(judges: list[Judge], tasks: list[Task], responses: list[str]) -> list[list[Verdict]]:
+    """Every judge's verdict on every (task, response): result[j][i] is judge j on item i."""
+    from tqdm.auto import tqdm
+
+    if len(tasks) != len(responses):
+        raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
+    return [
+        [
+            j.score(t, r)
+            for t, r in tqdm(zip(tasks, responses, strict=True), total=len(tasks), desc=f"judge {j.name}", disable=None)
+        ]
+        for j in judges
+    ]
+
+
+def pass_calls(verdicts: list[Verdict], threshold: float) -> list[bool]:
+    """One judge's pass/fail per item: (logic + novelty) / 2 >= threshold; a failed verdict fails."""
+    return [v.mean is not None and v.mean >= threshold for v in verdicts]

@@ -1,0 +1,124 @@
+"""Batched, seeded sampling from a chat model: one helper for eval, candidates and checks.
+
+Every item has its own seed and its own `torch.Generator`, so an item's sample does not
+depend on which other items share its batch or on the order they come in (up to float
+noise from padding). Sampling is done by a logits processor that draws each row's token
+with that row's generator and masks every other token, so `generate` keeps what it does
+well (KV cache, left padding, stop tokens) while the randomness is ours.
+
+A forced prefix (e.g. "<think>\\n") is appended to the rendered prompt and is part of the
+returned response: the text that is scored, filtered and paired is exactly what the model
+was conditioned on after the assistant tag. This is the only place prefixes are handled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    prefix: str = ""  # forced start of every response, e.g. "<think>\n"
+
+
+def item_seed(seed: int, *keys: object) -> int:
+    """A stable 63-bit seed for one item, from the run seed and the item's identity."""
+    h = hashlib.sha256(":".join(str(k) for k in (seed, *keys)).encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1
+
+
+class PerRowSampler(LogitsProcessor):
+    """Samples each row with its own generator (temperature, then nucleus), then leaves only
+    the drawn token finite so greedy decoding picks it."""
+
+    TOP_K_FAST = 256
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
+        if self.top_p < 1.0:
+            probs = probs * (probs >= self._nucleus_floor(probs))
+        # inverse-CDF draw, in vocabulary order, with one uniform per row from that row's generator
+        cdf = probs.cumsum(-1)
+        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).unsqueeze(-1) * cdf[:, -1:]
+        picks = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(-1, picks.to(scores.device), 0.0)
+        return out
+
+    def _nucleus_floor(self, probs: torch.Tensor) -> torch.Tensor:
+        """Per row, the smallest probability inside the nucleus (the fewest top tokens whose mass
+        reaches top_p). Sorting the whole vocabulary is the slow part, so rows whose nucleus lies
+        within the top 256 tokens use `topk`, and only the others are fully sorted."""
+        k = min(probs.shape[-1], self.TOP_K_FAST)
+        vals, _ = probs.topk(k, dim=-1)
+        wide = (vals.sum(-1) < self.top_p).nonzero().flatten()
+        floors = self._floor(vals)
+        if len(wide):
+            floors[wide] = self._floor(probs[wide].sort(dim=-1, descending=True).values)
+        return floors.unsqueeze(-1)
+
+    def _floor(self, sorted_p: torch.Tensor) -> torch.Tensor:
+        inside = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the top token is always inside
+        return sorted_p.masked_fill(~inside, float("inf")).min(-1).values
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages, prefix: str = "") -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages],
+    seeds: Sequence[int],
+    params: SamplingParams,
+    *,
+    desc: str = "generate",
+) -> list[str]:
+    """One response per prompt, in input order. Responses start with `params.prefix`."""
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    texts = [render_prompt(tokenizer, m, params.prefix) for m in prompts]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))  # similar lengths share a batch
+    out: list[str] = [""] * len(texts)
+    tokenizer.padding_side = "left"
+    model.eval()
+    with tqdm(total=len(texts), desc=desc, unit="item", disable=None) as bar:
+        for start in range(0, len(order), params.batch_size):
+            idx = order[start : start + params.batch_size]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(model.device)
+            kwargs: dict = {"do_sample": False, "max_new_tokens": params.max_new_tokens}
+            if params.temperature > 0:
+                sampler = PerRowSampler([seeds[i] for i in idx], params.temperature, params.top_p)
+                kwargs["logits_processor"] = LogitsProcessorList([sampler])
+            # greedy over our processor's one-hot scores; unset the sampling defaults of the
+            # model's generation config so transformers does not warn about unused flags
+            gen = model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(idx, new, strict=True):
+                out[i] = params.prefix + tokenizer.decode(row, skip_special_tokens=True)
+            bar.update(len(idx))
+    return out

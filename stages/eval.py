@@ -1,0 +1,112 @@
+"""Stage `eval@V`: one sampled response per held-out test task, scored, for model version V.
+
+    dvc repro eval@sft
+    python stages/eval.py --version sft --model models/merged/sft
+
+Generates with seeded, batched sampling (one seed per task, so any row can be regenerated
+alone), parses every response (`bioreasoner.parsing`), asks each configured judge for a
+verdict (the first one is primary), and writes one readable row per task to
+`data/eval/V.jsonl` and the aggregate metrics (defined in README and
+`bioreasoner.eval_metrics`) to `metrics/eval/V.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from bioreasoner.data import prompt_messages
+from bioreasoner.eval_metrics import aggregate, score_response
+from bioreasoner.generation import SamplingParams, item_seed, sample
+from bioreasoner.io import iter_jsonl, load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.judge import agreement, build_judges, pass_calls, score_all
+from bioreasoner.models import load_model, load_tokenizer
+from bioreasoner.records import Paper, Task
+
+log = logging.getLogger("eval")
+
+
+def select(tasks: list[Task], per_type: int) -> list[Task]:
+    """The first `per_type` tasks of each type, in file order (0 = all): a stratified subset."""
+    if per_type <= 0:
+        return tasks
+    seen: dict[str, int] = defaultdict(int)
+    out = []
+    for t in tasks:
+        seen[t.type] += 1
+        if seen[t.type] <= per_type:
+            out.append(t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--version", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tasks", default="data/tasks/test.jsonl")
+    ap.add_argument("--corpus", default="data/corpus.jsonl")
+    ap.add_argument("--out", default=None, help="default data/eval/<version>.jsonl")
+    ap.add_argument("--metrics", default=None, help="default metrics/eval/<version>.json")
+    args = ap.parse_args()
+    out = args.out or f"data/eval/{args.version}.jsonl"
+    metrics_path = args.metrics or f"metrics/eval/{args.version}.json"
+
+    # -- params
+    params = load_params(args.params)
+    mcfg, cfg, seed = params["model"], params["eval"], params["seed"]
+    gen = SamplingParams(**cfg["generation"])
+    judges = build_judges(params["judges"])
+    torch.manual_seed(seed)
+
+    # -- data
+    tasks = select(read_jsonl(args.tasks, Task), cfg["max_tasks_per_type"])
+    corpus_pmids = {p.pmid for p in iter_jsonl(args.corpus, Paper)}
+    seeds = [item_seed(seed, "eval", t.id) for t in tasks]
+    log.info("%s: %d test tasks, judges %s", args.version, len(tasks), [j.name for j in judges])
+
+    # -- model
+    trust = bool(mcfg["trust_remote_code"])
+    tokenizer = load_tokenizer(args.model, trust_remote_code=trust)
+    model = load_model(args.model, trust_remote_code=trust, dtype=mcfg["dtype"])
+    if torch.cuda.is_available():
+        model.to("cuda")
+
+    # -- generate and score
+    prompts = [prompt_messages(t) for t in tasks]
+    responses = sample(model, tokenizer, prompts, seeds, gen, desc=f"eval {args.version}")
+    verdicts = score_all(judges, tasks, responses)
+    rows: list[dict[str, Any]] = []
+    for i, (task, response) in enumerate(zip(tasks, responses, strict=True)):
+        row = score_response(task, response, corpus_pmids, verdicts[0][i], cfg["pass_threshold"])
+        row["seed"] = seeds[i]
+        if len(judges) > 1:
+            row["judges"] = {
+                j.name: {"logic": v[i].logic, "novelty": v[i].novelty, "error": v[i].error}
+                for j, v in zip(judges, verdicts, strict=True)
+            }
+        rows.append(row)
+
+    # -- write rows and metrics
+    write_jsonl(out, rows)
+    metrics: dict[str, Any] = {"version": args.version, **aggregate(rows)}
+    primary = pass_calls(verdicts[0], cfg["pass_threshold"])
+    for j, v in zip(judges[1:], verdicts[1:], strict=True):
+        metrics.setdefault("judge_agreement", {})[j.name] = agreement(primary, pass_calls(v, cfg["pass_threshold"]))
+    write_json(metrics_path, metrics)
+    log.info(
+        "%s: hallucination %.3f, missing think %.3f, pass %.3f, PubMedQA acc %s",
+        args.version,
+        metrics["hallucination_rate"],
+        metrics["missing_think_rate"],
+        metrics["pass_rate"],
+        metrics["pubmedqa_accuracy"],
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
