@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+DVC = str(Path(sys.executable).with_name("dvc"))  # the environment's dvc, whatever PATH says
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may download
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 

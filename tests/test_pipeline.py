@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from bioreasoner import lineage
-from tests.conftest import copy_project
+from tests.conftest import DVC, copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def sh(cwd, *cmd, check=True):
 
 def init_repo(project):
     sh(project, "git", "init", "-q")
-    sh(project, "dvc", "init", "-q")
-    sh(project, "dvc", "config", "core.analytics", "false")
+    sh(project, DVC, "init", "-q")
+    sh(project, DVC, "config", "core.analytics", "false")
 
 
 def lock_md5s(project) -> dict[str, str]:
@@ -42,13 +42,13 @@ def repro_twice(tmp_path_factory):
     for i in range(2):
         proj = copy_project(tmp_path_factory.mktemp(f"pipe{i}"))
         init_repo(proj)
-        sh(proj, "dvc", "repro", *TARGETS)
+        sh(proj, DVC, "repro", *TARGETS)
         projects.append(proj)
     return projects
 
 
 def test_second_repro_changes_nothing(repro_twice):
-    res = sh(repro_twice[0], "dvc", "repro", *TARGETS)
+    res = sh(repro_twice[0], DVC, "repro", *TARGETS)
     assert "Data and pipelines are up to date" in res.stdout
     assert "Running stage" not in res.stdout
 
@@ -64,7 +64,7 @@ def test_failed_stage_leaves_lock_unchanged(repro_twice):
     proj = repro_twice[1]
     before = (proj / "dvc.lock").read_text()
     (proj / "data/sources/pubmedqa/ori_pqal.json").write_text('{"1": {"QUESTION": "Q?"')
-    res = sh(proj, "dvc", "repro", *TARGETS, check=False)
+    res = sh(proj, DVC, "repro", *TARGETS, check=False)
     assert res.returncode != 0
     assert "ori_pqal.json: line 1: malformed JSON" in res.stderr + res.stdout
     assert (proj / "dvc.lock").read_text() == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioreasoner.records import Task
+from bioreasoner.records import Pair, Task
 
 
 def prompt_messages(task: Task) -> list[dict[str, str]]:
@@ -17,4 +17,14 @@ def to_sft_row(task: Task) -> dict[str, Any]:
         "prompt": prompt_messages(task),
         "completion": [{"role": "assistant", "content": task.reference}],
         "task_id": task.id,
+    }
+
+
+def to_dpo_row(pair: Pair) -> dict[str, Any]:
+    """Conversational preference row (prompt / chosen / rejected message lists) for TRL's DPOTrainer."""
+    return {
+        "prompt": [m.model_dump() for m in pair.prompt],
+        "chosen": [m.model_dump() for m in pair.chosen],
+        "rejected": [m.model_dump() for m in pair.rejected],
+        "task_id": pair.task_id,
     }

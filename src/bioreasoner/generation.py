@@ -14,8 +14,9 @@ was conditioned on after the assistant tag. This is the only place prefixes are 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,14 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages, prefix
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
+def plan_batches(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Item indices grouped into batches of similar prompt length. The plan depends only on the
+    inputs, so a resumed run regenerates exactly the batches an uninterrupted run would."""
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def sample(
     model: PreTrainedModel,
@@ -95,19 +104,25 @@ def sample(
     params: SamplingParams,
     *,
     desc: str = "generate",
+    done: dict[int, str] | None = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
 ) -> list[str]:
-    """One response per prompt, in input order. Responses start with `params.prefix`."""
+    """One response per prompt, in input order. Responses start with `params.prefix`.
+
+    `done` holds responses already generated (by index, e.g. read back after a crash): batches
+    whose items are all done are skipped. `on_batch(indices, responses)` is called after each
+    generated batch, so a caller can append them to disk as they finish.
+    """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     texts = [render_prompt(tokenizer, m, params.prefix) for m in prompts]
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))  # similar lengths share a batch
-    out: list[str] = [""] * len(texts)
+    done = done or {}
+    out: list[str] = [done.get(i, "") for i in range(len(texts))]
     tokenizer.padding_side = "left"
     model.eval()
-    with tqdm(total=len(texts), desc=desc, unit="item", disable=None) as bar:
-        for start in range(0, len(order), params.batch_size):
-            idx = order[start : start + params.batch_size]
+    todo = [b for b in plan_batches(tokenizer, texts, params.batch_size) if not all(i in done for i in b)]
+    with tqdm(total=len(texts), initial=len(texts) - sum(map(len, todo)), desc=desc, unit="item", disable=None) as bar:
+        for idx in todo:
             enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = enc.to(model.device)
             kwargs: dict = {"do_sample": False, "max_new_tokens": params.max_new_tokens}
@@ -118,7 +133,38 @@ def sample(
             # model's generation config so transformers does not warn about unused flags
             gen = model.generate(**enc, **kwargs, temperature=None, top_p=None, top_k=None)
             new = gen[:, enc["input_ids"].shape[1] :]
-            for i, row in zip(idx, new, strict=True):
-                out[i] = params.prefix + tokenizer.decode(row, skip_special_tokens=True)
+            responses = [params.prefix + tokenizer.decode(row, skip_special_tokens=True) for row in new]
+            for i, r in zip(idx, responses, strict=True):
+                out[i] = r
+            if on_batch is not None:
+                on_batch(idx, responses)
             bar.update(len(idx))
     return out
+
+
+def check_backend(name: str) -> None:
+    """`hf` always works; `vllm` needs the package and a CUDA GPU, and says which is missing."""
+    if name == "hf":
+        return
+    if name != "vllm":
+        raise ValueError(f"generation backend must be 'hf' or 'vllm', got {name!r}")
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError("backend: vllm needs the vllm package (pip install vllm, CUDA only); use backend: hf")
+    if not torch.cuda.is_available():
+        raise RuntimeError("backend: vllm needs a CUDA GPU; none is available. Use backend: hf")
+
+
+def sample_vllm(model_dir: str, prompts: Sequence[str], seeds: Sequence[int], params: SamplingParams) -> list[str]:
+    """The vLLM path (CUDA only): one request per item with the item's own seed. Prompts are
+    rendered by `render_prompt` (prefix included) and the prefix is prepended to each output,
+    exactly as `sample` does."""
+    from vllm import LLM
+    from vllm import SamplingParams as VllmParams
+
+    llm = LLM(model=model_dir, seed=0, trust_remote_code=False)
+    per_item = [
+        VllmParams(temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens, seed=s)
+        for s in seeds
+    ]
+    outs = llm.generate(list(prompts), per_item)
+    return [params.prefix + o.outputs[0].text for o in outs]

@@ -72,3 +72,31 @@ class Task(_Record):
     @property
     def source_pmids(self) -> list[str]:
         return [s.pmid for s in self.sources]
+
+
+class Candidate(_Record):
+    """One sampled response of a round's policy (`generate_candidates`), scored by `filter`."""
+
+    task_id: str
+    sample: int  # 0..samples_per_prompt-1
+    seed: int  # the item's own sampling seed: regenerate this one row alone
+    text: str  # the whole response, forced prefix included
+    # set by filter@R:
+    logic: float | None = None
+    novelty: float | None = None
+    score: float | None = None  # logic + novelty (2-10); None when the judge failed
+    reasons: list[str] = []  # why it was rejected; empty = passed
+    judges: dict[str, dict[str, float | str | None]] = {}
+
+
+class Pair(_Record):
+    """One DPO preference pair (`build_pairs`), in TRL's conversational format."""
+
+    task_id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    chosen_score: float | None
+    rejected_score: float | None
+    score_delta: float | None
+    rule: str  # which pairing rule made it (metrics report the share of each)
