@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint clean dag
+.PHONY: setup repro test lint clean dag release
 
 setup: $(VENV)/.installed
 
@@ -27,11 +27,20 @@ test: setup
 	python -m pytest -q
 
 lint: setup
-	ruff check src stages tests benchmarks
-	ruff format --check src stages tests benchmarks
+	ruff check src stages tests benchmarks scripts
+	ruff format --check src stages tests benchmarks scripts
 
 dag: setup
 	dvc dag
+
+# Model versions are GTO tags: `make release VERSION=v3.0` tags bioreasoner@v3.0.0 (see scripts/release.py).
+ifneq ($(filter release,$(MAKECMDGOALS)),)
+ifndef VERSION
+$(error usage: make release VERSION=v3.0)
+endif
+endif
+release: setup
+	python scripts/release.py "$(VERSION)"
 
 # Removes pipeline outputs and caches, keeps .venv and git-tracked sources.
 clean:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
+from peft import get_peft_model
 from trl import DPOConfig, DPOTrainer
 
 from bioreasoner import lineage
@@ -102,10 +104,22 @@ def main() -> None:
 
     # -- data
     pairs = read_jsonl(args.pairs, Pair)
-    if not pairs:
-        raise RuntimeError(f"{args.pairs}: no pairs to train on; see metrics/rounds/{args.round}/pairs.json")
     if len(pairs) < cfg["min_pairs"]:
         log.warning("UNDERPOWERED: training on %d pairs (dpo.min_pairs = %d)", len(pairs), cfg["min_pairs"])
+    if not pairs:
+        # Nothing to learn from: save the fresh (zero) adapter, so this round's model equals its
+        # policy and the chain goes on; metrics say so. See metrics/rounds/R/pairs.json for why.
+        log.warning("NO PAIRS in %s: %s's adapter is left untrained (a no-op)", args.pairs, args.round)
+        model = get_peft_model(load_model(args.policy, dtype=params["model"]["dtype"]), lora_config(cfg["lora"]))
+        with atomic_path(args.out, directory=True) as tmp:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            load_tokenizer(args.policy).save_pretrained(str(tmp))
+            lineage.write(
+                tmp, lineage.record(f"dpo@{args.round} (no pairs: untrained)", used, [args.pairs, args.policy])
+            )
+        write_json(args.metrics, {"pairs": 0, "trained": False, "underpowered": True, "global_step": 0})
+        Path(args.live_dir).mkdir(parents=True, exist_ok=True)  # a declared out, empty: no curves
+        return
 
     # -- model and trainer (resuming when a checkpoint of this exact run exists)
     root = args.checkpoints or f"checkpoints/rounds/{args.round}/dpo"
@@ -129,6 +143,7 @@ def main() -> None:
         "train_loss": round(result.training_loss, 4),
         "global_step": trainer.state.global_step,
         "pairs": len(pairs),
+        "trained": True,
         "underpowered": len(pairs) < cfg["min_pairs"],
     }
     write_json(args.metrics, metrics)

@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))  # the environment's dvc, whatever PATH says
+# Stages run as `python stages/...` under dvc: that must be this environment's python.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may download
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
