@@ -32,7 +32,6 @@ def micro(params: dict) -> dict:
         eval_per_type=1,
         fisher_samples=2,
         generation={**gen, "batch_size": 4},
-        max_length=512,
     )
     params["cls"]["scheduler"].update(min_sleep_steps=1, max_sleep_steps=2)
     return params

@@ -36,11 +36,13 @@ class Batch:
 
 def encode(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Row], max_length: int) -> Batch:
     """Right-padded prompt + response ids, with a mask of the positions whose next token is part
-    of the response (what accuracy, loss and KL are measured on)."""
+    of the response (what accuracy, loss and KL are measured on). Over `max_length`, the prompt
+    loses its start (the response is what is measured), then the response its end."""
     ids, targets = [], []
     for messages, response in rows:
         p = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
         r = tokenizer(response + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+        p = p[-max(1, max_length - len(r)) :]
         seq = (p + r)[:max_length]
         tgt = [False] * (len(p) - 1) + [True] * len(r)
         ids.append(seq)
