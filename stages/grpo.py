@@ -7,8 +7,8 @@
 TRL `GRPOTrainer` (notebook entry 7): `grpo.prompts` train tasks, `num_generations` completions
 per prompt, rewards from `bioreasoner.rewards` named in `grpo.rewards` with their weights
 (grounding, format, quality, correctness). DVCLive logs the total and per-term reward, KL,
-completion length and the clipped share; `metrics/grpo.json` has each term's first and last
-logged mean, so a reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
+completion length and the clipped share; `metrics/grpo.json` has each term's mean over the
+first and the last five logged steps, so a reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
 """
 
 from __future__ import annotations
@@ -90,9 +90,12 @@ def build_trainer(params: dict[str, Any], tasks: list[Task], policy: str, ckpt_d
     )
 
 
-def first_last(history: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+def first_last(history: list[dict[str, Any]], key: str, k: int = 5) -> dict[str, float | None]:
+    """Mean of the first and of the last `k` logged values (single steps are noisy)."""
     values = [h[key] for h in history if key in h]
-    return {"first": round(values[0], 4) if values else None, "last": round(values[-1], 4) if values else None}
+    if not values:
+        return {"first": None, "last": None}
+    return {"first": round(sum(values[:k]) / len(values[:k]), 4), "last": round(sum(values[-k:]) / len(values[-k:]), 4)}
 
 
 def main() -> None:
