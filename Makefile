@@ -4,21 +4,41 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch first, pinned: on a CPU-only machine this resolves to the local CPU build, and
-# the later `pip install -e .` then finds torch satisfied instead of pulling CUDA wheels.
+# Every package but torch and the project, pinned with hashes: `make lock` writes it from .venv.
+LOCK := requirements.lock
+# torch first, pinned and outside the lock: on a CPU-only machine this resolves to the CPU
+# build, and the locked packages then find torch satisfied instead of pulling CUDA wheels.
+# CUDA build (README, Reproducibility): make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
+# pip itself at the locked version (read from the lock) before it installs anything.
+PIP_PIN := $(shell grep -s -m1 -o '^pip==[^ ]*' $(LOCK))
+# `make lock` runs uv (pinned) from a throw-away tool venv; installs use plain pip only.
+UV_VERSION := 0.13.9
+LOCK_TOOLS := .cache/lock-tools
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint clean dag release
+.PHONY: setup lock repro test lint clean dag release
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet "$(PIP_PIN)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# Regenerate the lock from what .venv holds now (after `pip install -U ...` or a pyproject change,
+# then `make repro` and commit the lock with the results): pip freeze minus torch and the project,
+# with PyPI's sha256 of every file of each pinned release.
+lock: setup
+	test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"; }
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v -i -e '^torch==' -e '^bioreasoner==' > $(LOCK_TOOLS)/freeze.txt
+	$(LOCK_TOOLS)/bin/uv pip compile $(LOCK_TOOLS)/freeze.txt --no-deps --generate-hashes --no-annotate \
+		--python-version 3.11 --index-url https://pypi.org/simple --custom-compile-command "make lock" -o $(LOCK)
+	touch $(VENV)/.installed
 
 repro: setup
 	dvc repro
@@ -42,8 +62,10 @@ endif
 release: setup
 	python scripts/release.py "$(VERSION)"
 
-# Removes pipeline outputs and caches, keeps .venv and git-tracked sources.
+# Removes untracked pipeline outputs and caches; keeps .venv and everything git tracks (metrics/,
+# dvclive/, the .gitignore files DVC writes). `git clean -X` deletes only git-ignored files, and
+# only under these paths: the DVC outs each stage's .gitignore lists, checkpoints and caches.
+CLEAN_PATHS := data models dvclive metrics checkpoints .cache .pytest_cache .ruff_cache .dvc/cache .dvc/tmp
 clean:
-	rm -rf data/corpus.jsonl data/tasks models metrics .cache .pytest_cache .ruff_cache
-	rm -rf .dvc/cache .dvc/tmp
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	git clean -f -d -X -- $(CLEAN_PATHS)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

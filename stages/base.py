@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import logging
 
-from bioreasoner import lineage
-from bioreasoner.io import atomic_path, iter_jsonl, load_params, run_stage
-from bioreasoner.models import load_model, load_tokenizer, save_model
-from bioreasoner.records import Paper
+from bioreasoner.core import config, lineage
+from bioreasoner.core.io import atomic_path, iter_jsonl, run_stage
+from bioreasoner.core.records import Paper
+from bioreasoner.modeling.models import load_model, load_tokenizer, save_model
+from bioreasoner.modeling.tiny_model import build_model, train_tokenizer
 from bioreasoner.tasks.prompts import SYSTEM_PROMPT
 from bioreasoner.tasks.split import read_test_pmids
-from bioreasoner.tiny_model import build_model, train_tokenizer
 
 log = logging.getLogger("base")
+SECTIONS = ("seed", "model", "base", "split")  # the params this stage declares in dvc.yaml
 
 
 def tokenizer_texts(corpus: str, test_pmids: set[str]) -> list[str]:
@@ -42,31 +43,29 @@ def main() -> None:
     args = ap.parse_args()
 
     # -- params
-    params = load_params(args.params)
-    mcfg, cfg, seed = params["model"], params["base"], params["seed"]
+    p = config.load(args.params, sections=SECTIONS)
+    mcfg, cfg = p.model, p.base
 
     # -- build or fetch the model
-    if mcfg["base"] == "tiny":
-        texts = tokenizer_texts(args.corpus, read_test_pmids(params["split"]["test_pmids"]))
-        tokenizer = train_tokenizer(texts, **cfg["tokenizer"])
-        model = build_model(tokenizer, cfg["tiny"], seed)
+    if mcfg.base == "tiny":
+        texts = tokenizer_texts(args.corpus, read_test_pmids(p.split.test_pmids))
+        tokenizer = train_tokenizer(texts, **cfg.tokenizer.model_dump())
+        model = build_model(tokenizer, cfg.tiny.model_dump(), p.seed)
         log.info(
             "tiny Qwen2: %d tokens in vocab, %.2fM parameters",
             len(tokenizer),
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
     else:
-        trust = bool(mcfg.get("trust_remote_code", False))
-        tokenizer = load_tokenizer(mcfg["base"], trust_remote_code=trust)
-        model = load_model(mcfg["base"], trust_remote_code=trust, dtype=mcfg["dtype"])
-        log.info("base model %s loaded", mcfg["base"])
+        tokenizer = load_tokenizer(mcfg.base, trust_remote_code=mcfg.trust_remote_code)
+        model = load_model(mcfg.base, trust_remote_code=mcfg.trust_remote_code, dtype=mcfg.dtype)
+        log.info("base model %s loaded", mcfg.base)
 
     # -- save (atomically: a failed save leaves no half-written model directory)
     with atomic_path(args.out, directory=True) as tmp:
         save_model(model, tokenizer, tmp)
-        used = {k: params[k] for k in ("seed", "model", "base", "split")}
-        inputs = [args.corpus, params["split"]["test_pmids"]] if mcfg["base"] == "tiny" else []
-        lineage.write(tmp, lineage.record("base", used, inputs))
+        inputs = [args.corpus, p.split.test_pmids] if mcfg.base == "tiny" else []
+        lineage.write(tmp, lineage.record("base", p.used(), inputs))
     log.info("saved %s", args.out)
 
 

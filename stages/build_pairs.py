@@ -6,7 +6,7 @@
 
 `rounds.R.mode`: `distill` pairs the task's reference (chosen) with a student sample
 (rejected); `best_of_n` pairs the best passed candidate with the worst (see
-`bioreasoner.pairs`). When there are fewer pairs than `dpo.min_pairs` the stage still runs,
+`bioreasoner.training.pairs`). When there are fewer pairs than `dpo.min_pairs` the stage still runs,
 warns loudly and records `underpowered: true` (the notebook's v2.2: 35 pairs, margin 0.027,
 worse than v2.1).
 """
@@ -18,11 +18,11 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from bioreasoner.io import load_params, read_jsonl, run_stage, write_json, write_jsonl
-from bioreasoner.judge import build_judges
-from bioreasoner.pairs import best_of_n_pairs, distill_pair, pair_metrics
-from bioreasoner.records import Candidate, Pair, Task
-from bioreasoner.rounds import dpo_config, round_config
+from bioreasoner.core.io import load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core.records import Candidate, Pair, Task
+from bioreasoner.scoring.judge import build_judges
+from bioreasoner.training.pairs import best_of_n_pairs, distill_pair, pair_metrics
+from bioreasoner.training.rounds import dpo_config, round_config
 
 log = logging.getLogger("build_pairs")
 

@@ -16,8 +16,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from bioreasoner.io import load_params, read_jsonl, run_stage, write_json, write_jsonl
-from bioreasoner.records import Paper, Source, Task
+from bioreasoner.core import config
+from bioreasoner.core.io import read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core.records import Paper, Source, Task
 from bioreasoner.tasks.excerpt import excerpt
 from bioreasoner.tasks.grouping import group_by_mesh
 from bioreasoner.tasks.prompts import INSTRUCTIONS, cross_messages, qa_messages
@@ -25,6 +26,7 @@ from bioreasoner.tasks.split import assert_no_leakage, read_test_pmids
 from bioreasoner.tasks.teacher import cross_reference, qa_reference, think_text
 
 log = logging.getLogger("build_triplets")
+SECTIONS = ("seed", "split", "build_triplets")  # the params this stage declares in dvc.yaml
 CROSS_TYPES = tuple(INSTRUCTIONS)
 
 
@@ -82,12 +84,12 @@ def main() -> None:
     args = ap.parse_args()
 
     # -- params
-    params = load_params(args.params)
-    cfg, seed = params["build_triplets"], params["seed"]
+    p = config.load(args.params, sections=SECTIONS)
+    cfg, seed = p.build_triplets.model_dump(), p.seed
 
     # -- load data and split by paper
     corpus = read_jsonl(args.corpus, Paper)
-    test_pmids = read_test_pmids(params["split"]["test_pmids"])
+    test_pmids = read_test_pmids(p.split.test_pmids)
     train_papers = [p for p in corpus if p.pmid not in test_pmids]
     test_papers = [p for p in corpus if p.pmid in test_pmids]
     log.info("%d papers: %d train, %d test", len(corpus), len(train_papers), len(test_papers))

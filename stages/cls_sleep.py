@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from bioreasoner import continual, lineage, sleep
-from bioreasoner.data import prompt_messages
-from bioreasoner.generation import SamplingParams, item_seed, sample
-from bioreasoner.io import atomic_path, load_params, read_jsonl, run_stage, write_json
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import TASK_TYPES, Pair, Task
-from bioreasoner.rounds import select_prompts
-from bioreasoner.training import lora_config
+from bioreasoner.core import lineage
+from bioreasoner.core.io import atomic_path, load_params, read_jsonl, run_stage, write_json
+from bioreasoner.core.records import TASK_TYPES, Pair, Task
+from bioreasoner.modeling.generation import SamplingParams, item_seed, sample
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.training import continual, sleep
+from bioreasoner.training.common import lora_config
+from bioreasoner.training.data import prompt_messages
+from bioreasoner.training.rounds import select_prompts
 
 log = logging.getLogger("cls_sleep")
 BOUNDARIES = ("parent", "grpo", "sleep")

@@ -24,13 +24,11 @@ from datasets import Dataset
 from peft import get_peft_model
 from trl import DPOConfig, DPOTrainer
 
-from bioreasoner import lineage
-from bioreasoner.data import to_dpo_row
-from bioreasoner.io import atomic_path, load_params, read_jsonl, run_stage, write_json
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import Pair
-from bioreasoner.rounds import dpo_config
-from bioreasoner.training import (
+from bioreasoner.core import lineage
+from bioreasoner.core.io import atomic_path, load_params, read_jsonl, run_stage, write_json
+from bioreasoner.core.records import Pair
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.training.common import (
     check_quantization,
     checkpoint_dir,
     dvclive_callback,
@@ -38,6 +36,8 @@ from bioreasoner.training import (
     fingerprint,
     lora_config,
 )
+from bioreasoner.training.data import to_dpo_row
+from bioreasoner.training.rounds import dpo_config
 
 log = logging.getLogger("dpo")
 

@@ -4,10 +4,10 @@
     python stages/eval.py --version sft --model models/merged/sft
 
 Generates with seeded, batched sampling (one seed per task, so any row can be regenerated
-alone), parses every response (`bioreasoner.parsing`), asks each configured judge for a
+alone), parses every response (`bioreasoner.scoring.parsing`), asks each configured judge for a
 verdict (the first one is primary), and writes one readable row per task to
 `data/eval/V.jsonl` and the aggregate metrics (defined in README and
-`bioreasoner.eval_metrics`) to `metrics/eval/V.json`.
+`bioreasoner.scoring.eval_metrics`) to `metrics/eval/V.json`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from bioreasoner.data import prompt_messages
-from bioreasoner.eval_metrics import aggregate, score_response
-from bioreasoner.generation import SamplingParams, item_seed, sample
-from bioreasoner.io import iter_jsonl, load_params, read_jsonl, run_stage, write_json, write_jsonl
-from bioreasoner.judge import agreement, build_judges, pass_calls, score_all
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import Paper, Task
+from bioreasoner.core.io import iter_jsonl, load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core.records import Paper, Task
+from bioreasoner.modeling.generation import SamplingParams, item_seed, sample
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.scoring.eval_metrics import aggregate, score_response
+from bioreasoner.scoring.judge import agreement, build_judges, pass_calls, score_all
+from bioreasoner.training.data import prompt_messages
 
 log = logging.getLogger("eval")
 

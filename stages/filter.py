@@ -5,7 +5,7 @@
         --out-dir data/rounds/v2_1 --metrics metrics/rounds/v2_1/filter.json
 
 Every judge in `judges` scores every candidate (the first is primary: its logic + novelty is
-the candidate's `score`); the rules in `bioreasoner.filtering` (thresholds in
+the candidate's `score`); the rules in `bioreasoner.scoring.filtering` (thresholds in
 `rounds.R.filter`) give each rejected row its reasons. Metrics count passes and each reason,
 the share of candidates without a think block, and with several judges their pass/fail
 agreement and Cohen's kappa (the notebook's dual-judge table).
@@ -19,12 +19,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bioreasoner.filtering import REASONS, FilterRules, reject_reasons
-from bioreasoner.io import BadInputError, load_params, read_jsonl, run_stage, write_json, write_jsonl
-from bioreasoner.judge import agreement, build_judges, score_all
-from bioreasoner.parsing import parse_response
-from bioreasoner.records import Candidate, Task
-from bioreasoner.rounds import round_config
+from bioreasoner.core.io import BadInputError, load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core.records import Candidate, Task
+from bioreasoner.scoring.filtering import REASONS, FilterRules, reject_reasons
+from bioreasoner.scoring.judge import agreement, build_judges, score_all
+from bioreasoner.scoring.parsing import parse_response
+from bioreasoner.training.rounds import round_config
 
 log = logging.getLogger("filter")
 

@@ -25,15 +25,17 @@ from pathlib import Path
 
 import torch
 
-from bioreasoner.data import prompt_messages
-from bioreasoner.generation import SamplingParams, check_backend, item_seed, render_prompt, sample, sample_vllm
-from bioreasoner.io import load_params, read_jsonl, run_stage, write_jsonl
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import Candidate, Task
-from bioreasoner.rounds import round_config, select_prompts
-from bioreasoner.training import checkpoint_dir, fingerprint
+from bioreasoner.core import config
+from bioreasoner.core.io import BadInputError, read_jsonl, run_stage, write_jsonl
+from bioreasoner.core.records import Candidate, Task
+from bioreasoner.modeling.generation import SamplingParams, check_backend, item_seed, render_prompt, sample, sample_vllm
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.training.common import checkpoint_dir, fingerprint
+from bioreasoner.training.data import prompt_messages
+from bioreasoner.training.rounds import select_prompts
 
 log = logging.getLogger("generate_candidates")
+SECTIONS = ("seed", "model", "rounds")  # the params this stage declares in dvc.yaml
 THINK_PREFIX = "<think>\n"
 
 
@@ -61,34 +63,36 @@ def main() -> None:
     args = ap.parse_args()
 
     # -- params
-    params = load_params(args.params)
-    cfg, mcfg, seed = round_config(params, args.round), params["model"], params["seed"]
-    gen = SamplingParams(**cfg["generation"], prefix=THINK_PREFIX if cfg["force_think"] else "")
-    check_backend(cfg["backend"])
+    p = config.load(args.params, sections=SECTIONS)
+    if args.round not in p.rounds:
+        raise BadInputError(args.params, "rounds", f"no round {args.round!r} (have {sorted(p.rounds)})")
+    cfg, mcfg, seed = p.rounds[args.round], p.model, p.seed
+    gen = SamplingParams(**cfg.generation.model_dump(), prefix=THINK_PREFIX if cfg.force_think else "")
+    check_backend(cfg.backend)
 
     # -- data: prompts x samples, one seed each
-    tasks = select_prompts(read_jsonl(args.tasks, Task), cfg["prompts"], seed, args.round)
-    items = [(t, s) for t in tasks for s in range(cfg["samples_per_prompt"])]
+    tasks = select_prompts(read_jsonl(args.tasks, Task), cfg.prompts, seed, args.round)
+    if not tasks:
+        raise BadInputError(args.tasks, None, "no train tasks to sample from")
+    items = [(t, s) for t in tasks for s in range(cfg.samples_per_prompt)]
     seeds = [item_seed(seed, args.round, t.id, s) for t, s in items]
-    log.info(
-        "%s: %d prompts x %d samples = %d candidates", args.round, len(tasks), cfg["samples_per_prompt"], len(items)
-    )
+    log.info("%s: %d prompts x %d samples = %d candidates", args.round, len(tasks), cfg.samples_per_prompt, len(items))
 
     # -- model
-    trust = bool(mcfg["trust_remote_code"])
+    trust = mcfg.trust_remote_code
     tokenizer = load_tokenizer(args.policy, trust_remote_code=trust)
     prompts = [prompt_messages(t) for t, _ in items]
 
     # -- generate, appending finished batches to a partial file outside the outs
-    used = {"seed": seed, "model": mcfg, "round": cfg}
+    used = {"seed": seed, "model": mcfg.model_dump(), "round": cfg.model_dump()}
     ckpt, _ = checkpoint_dir(
         args.checkpoints or f"checkpoints/rounds/{args.round}", fingerprint(used, [args.tasks, args.policy])
     )
     partial = ckpt / "candidates.partial.jsonl"
-    if cfg["backend"] == "vllm":
+    if cfg.backend == "vllm":
         texts = sample_vllm(args.policy, [render_prompt(tokenizer, m, gen.prefix) for m in prompts], seeds, gen)
     else:
-        model = load_model(args.policy, trust_remote_code=trust, dtype=mcfg["dtype"])
+        model = load_model(args.policy, trust_remote_code=trust, dtype=mcfg.dtype)
         if torch.cuda.is_available():
             model.to("cuda")
         previous = read_partial(partial)

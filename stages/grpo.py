@@ -5,7 +5,7 @@
         --out models/adapters/grpo --metrics metrics/grpo.json --live-dir dvclive/grpo
 
 TRL `GRPOTrainer` (notebook entry 7): `grpo.prompts` train tasks, `num_generations` completions
-per prompt, rewards from `bioreasoner.rewards` named in `grpo.rewards` with their weights
+per prompt, rewards from `bioreasoner.scoring.rewards` named in `grpo.rewards` with their weights
 (grounding, format, quality, correctness). DVCLive logs the total and per-term reward, KL,
 completion length and the clipped share; `metrics/grpo.json` has each term's mean over the
 first and the last five logged steps, so a reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
@@ -22,14 +22,13 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from bioreasoner import lineage
-from bioreasoner.generation import check_backend
-from bioreasoner.io import atomic_path, load_params, read_jsonl, run_stage, write_json
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import Task
-from bioreasoner.rewards import build_rewards, to_grpo_row
-from bioreasoner.rounds import select_prompts
-from bioreasoner.training import (
+from bioreasoner.core import lineage
+from bioreasoner.core.io import atomic_path, load_params, read_jsonl, run_stage, write_json
+from bioreasoner.core.records import Task
+from bioreasoner.modeling.generation import check_backend
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.scoring.rewards import build_rewards, to_grpo_row
+from bioreasoner.training.common import (
     check_quantization,
     checkpoint_dir,
     dvclive_callback,
@@ -37,6 +36,7 @@ from bioreasoner.training import (
     fingerprint,
     lora_config,
 )
+from bioreasoner.training.rounds import select_prompts
 
 log = logging.getLogger("grpo")
 

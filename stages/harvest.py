@@ -16,13 +16,15 @@ import logging
 
 from tqdm import tqdm
 
-from bioreasoner.harvest import KINDS, reader
+from bioreasoner.core import config
+from bioreasoner.core.io import BadInputError, run_stage, write_json, write_jsonl
+from bioreasoner.core.records import Paper
+from bioreasoner.harvest import reader
 from bioreasoner.harvest.dedupe import dedupe
 from bioreasoner.harvest.ledger import Ledger
-from bioreasoner.io import BadInputError, load_params, run_stage, write_json, write_jsonl
-from bioreasoner.records import Paper
 
 log = logging.getLogger("harvest")
+SECTIONS = ("harvest",)  # the params this stage declares in dvc.yaml
 USUAL_DROPS = ("duplicate", "malformed", "no_abstract", "no_pmid")
 
 
@@ -34,19 +36,14 @@ def main() -> None:
     args = ap.parse_args()
 
     # -- params
-    params = load_params(args.params)["harvest"]
-    sources = params.get("sources") or []
-    if not sources:
-        raise BadInputError(args.params, "harvest.sources", "no sources configured")
+    cfg = config.load(args.params, sections=SECTIONS).harvest  # kinds and options validated here
 
     # -- read every source
     papers: list[Paper] = []
     by_source: dict[str, dict] = {}
-    total = Ledger(params.get("on_bad_record", "error"))
-    for i, spec in enumerate(sources):
-        kind = spec.get("kind")
-        if kind not in KINDS:
-            raise BadInputError(args.params, f"harvest.sources[{i}]", f"unknown kind {kind!r}; one of {sorted(KINDS)}")
+    total = Ledger(cfg.on_bad_record)
+    for i, source in enumerate(cfg.sources):
+        kind, spec = source.kind, source.model_dump()
         ledger = Ledger(total.on_bad_record)
         # disable=None: bars on a terminal, none in captured logs (CI)
         got = list(tqdm(reader(kind)(spec, ledger), desc=f"harvest {kind}", unit="paper", disable=None))

@@ -20,10 +20,10 @@ import logging
 import torch
 from peft import PeftModel
 
-from bioreasoner import lineage
-from bioreasoner.generation import SamplingParams, sample
-from bioreasoner.io import atomic_path, load_params, run_stage
-from bioreasoner.models import load_model, load_tokenizer
+from bioreasoner.core import lineage
+from bioreasoner.core.io import atomic_path, load_params, run_stage
+from bioreasoner.modeling.generation import SamplingParams, sample
+from bioreasoner.modeling.models import load_model, load_tokenizer
 
 log = logging.getLogger("merge")
 

@@ -21,12 +21,11 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from bioreasoner import lineage
-from bioreasoner.data import to_sft_row
-from bioreasoner.io import atomic_path, load_params, read_jsonl, run_stage, write_json
-from bioreasoner.models import load_model, load_tokenizer
-from bioreasoner.records import Task
-from bioreasoner.training import (
+from bioreasoner.core import lineage
+from bioreasoner.core.io import atomic_path, load_params, read_jsonl, run_stage, write_json
+from bioreasoner.core.records import Task
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.training.common import (
     LogSupervisedFraction,
     SupervisedFraction,
     check_quantization,
@@ -36,6 +35,7 @@ from bioreasoner.training import (
     fingerprint,
     lora_config,
 )
+from bioreasoner.training.data import to_sft_row
 
 log = logging.getLogger("sft")
 

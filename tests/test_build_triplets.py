@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from bioreasoner.io import load_params, read_jsonl
-from bioreasoner.records import Paper, Task
+from bioreasoner.core.io import load_params, read_jsonl
+from bioreasoner.core.records import Paper, Task
 from bioreasoner.tasks.split import assert_no_leakage, read_test_pmids
 from bioreasoner.tasks.teacher import think_text
 from tests.conftest import copy_project, run_stage

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bioreasoner.continual import (
+from bioreasoner.training.continual import (
     SleepPressureParams,
     SleepSignals,
     bwt,

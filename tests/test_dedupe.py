@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from bioreasoner.core.records import Paper
 from bioreasoner.harvest.dedupe import dedupe
-from bioreasoner.records import Paper
 
 
 def paper(pmid: str, **kw) -> Paper:

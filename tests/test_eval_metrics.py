@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bioreasoner.eval_metrics import accuracy, aggregate, macro_f1, majority_label, score_response
-from bioreasoner.judge import Verdict
-from bioreasoner.records import Message, Source, Task
+from bioreasoner.core.records import Message, Source, Task
+from bioreasoner.scoring.eval_metrics import accuracy, aggregate, macro_f1, majority_label, score_response
+from bioreasoner.scoring.judge import Verdict
 
 CORPUS = {"100", "200", "300", "400"}
 PROMPT = [Message(role="user", content="prompt")]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bioreasoner.eval_metrics import aggregate
-from bioreasoner.records import Paper, Source, Task
+from bioreasoner.core.records import Paper, Source, Task
+from bioreasoner.scoring.eval_metrics import aggregate
 from tests.conftest import loopback, run_stage, send
 from tests.tiny import make_task
 

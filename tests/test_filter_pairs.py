@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bioreasoner.filtering import FilterRules, reject_reasons
-from bioreasoner.judge import Verdict
-from bioreasoner.pairs import best_of_n_pairs, distill_pair, pair_metrics
-from bioreasoner.records import Candidate
+from bioreasoner.core.records import Candidate
+from bioreasoner.scoring.filtering import FilterRules, reject_reasons
+from bioreasoner.scoring.judge import Verdict
+from bioreasoner.training.pairs import best_of_n_pairs, distill_pair, pair_metrics
 from tests.tiny import make_task
 
 THINK = "<think>\n" + "Paper [PMID:1000] reports the result, so the answer follows from it. " * 4 + "\n</think>\n"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioreasoner.generation import PerRowSampler, SamplingParams, item_seed, sample
-from bioreasoner.models import load_model, load_tokenizer
+from bioreasoner.modeling.generation import PerRowSampler, SamplingParams, item_seed, sample
+from bioreasoner.modeling.models import load_model, load_tokenizer
 
 # (probabilities, top_p, expected nucleus floor): the smallest probability kept
 NUCLEUS_CASES = [

@@ -19,7 +19,7 @@ def citing_policy(tmp_path_factory, tiny_base):
     often and GRPO has a signal to learn from."""
     from transformers import AutoTokenizer
 
-    from bioreasoner.tiny_model import build_model
+    from bioreasoner.modeling.tiny_model import build_model
 
     model_dir, _ = tiny_base
     tok = AutoTokenizer.from_pretrained(model_dir)

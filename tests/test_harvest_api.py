@@ -21,10 +21,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from bioreasoner.core.io import BadInputError
 from bioreasoner.harvest import openalex_api, pubmed_api
 from bioreasoner.harvest.http import CachedClient, FetchError
 from bioreasoner.harvest.ledger import Ledger
-from bioreasoner.io import BadInputError
 from tests.conftest import loopback, send
 
 FIX = Path(__file__).parent / "fixtures"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bioreasoner.io import BadInputError, read_json, read_jsonl, write_jsonl
-from bioreasoner.records import Paper
+from bioreasoner.core.io import BadInputError, read_json, read_jsonl, write_jsonl
+from bioreasoner.core.records import Paper
 
 GOOD = '{"pmid": "1", "title": "T", "abstract": "A.", "source": "x"}'
 

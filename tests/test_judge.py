@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from bioreasoner.judge import Judge, Verdict, agreement, build_judge, build_judges
-from bioreasoner.judge.openai import OpenAIJudge, judge_messages, parse_verdict
-from bioreasoner.judge.rubric import RubricJudge
-from bioreasoner.records import Message, Source, Task
+from bioreasoner.core.records import Message, Source, Task
+from bioreasoner.scoring.judge import Judge, Verdict, agreement, build_judge, build_judges
+from bioreasoner.scoring.judge.openai import OpenAIJudge, judge_messages, parse_verdict
+from bioreasoner.scoring.judge.rubric import RubricJudge
 from bioreasoner.tasks.excerpt import Excerpt
 from bioreasoner.tasks.prompts import cross_messages, qa_messages
 from bioreasoner.tasks.teacher import cross_reference, qa_reference

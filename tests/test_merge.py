@@ -11,8 +11,8 @@ import torch
 import yaml
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from bioreasoner import lineage
-from bioreasoner.models import load_model, load_tokenizer
+from bioreasoner.core import lineage
+from bioreasoner.modeling.models import load_model, load_tokenizer
 from tests.conftest import run_stage
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from bioreasoner.core.io import BadInputError
 from bioreasoner.harvest import openalex
 from bioreasoner.harvest.ledger import Ledger
-from bioreasoner.io import BadInputError
 
 FIX = Path(__file__).parent / "fixtures" / "openalex"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bioreasoner.parsing import CITATION_RE, find_pmids, parse_response, pmid_mentions
+from bioreasoner.scoring.parsing import CITATION_RE, find_pmids, parse_response, pmid_mentions
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from bioreasoner import lineage
+from bioreasoner.core import lineage
 from tests.conftest import DVC, copy_project
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bioreasoner.core.io import BadInputError
 from bioreasoner.harvest import pubmed_xml
 from bioreasoner.harvest.ledger import Ledger
-from bioreasoner.io import BadInputError
 
 FIX = Path(__file__).parent / "fixtures" / "pubmed"
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from bioreasoner.core.io import BadInputError
 from bioreasoner.harvest.ledger import Ledger
 from bioreasoner.harvest.pubmedqa import read
-from bioreasoner.io import BadInputError
 from tests.conftest import ROOT
 
 ENTRY = {

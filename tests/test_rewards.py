@@ -8,9 +8,9 @@ import pickle
 
 import pytest
 
-from bioreasoner.judge import Verdict
-from bioreasoner.records import Task
-from bioreasoner.rewards import (
+from bioreasoner.core.records import Task
+from bioreasoner.scoring.judge import Verdict
+from bioreasoner.scoring.rewards import (
     REWARDS,
     build_rewards,
     completion_text,

@@ -14,9 +14,9 @@ import time
 import pytest
 import yaml
 
-from bioreasoner.generation import check_backend
-from bioreasoner.records import Candidate
-from bioreasoner.rounds import deep_merge, dpo_config, select_prompts
+from bioreasoner.core.records import Candidate
+from bioreasoner.modeling.generation import check_backend
+from bioreasoner.training.rounds import deep_merge, dpo_config, select_prompts
 from tests.conftest import DVC, ROOT, run_stage
 from tests.tiny import load_stage, make_task
 
@@ -208,7 +208,7 @@ def test_too_few_pairs_warn_loudly_and_are_recorded(tmp_path, project):
 def test_dpo_reference_is_the_policy_with_adapter_disabled(tiny_base, tmp_path):
     from peft import PeftModel
 
-    from bioreasoner.pairs import distill_pair
+    from bioreasoner.training.pairs import distill_pair
 
     policy, tasks = tiny_base
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

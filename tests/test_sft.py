@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioreasoner.training import check_quantization
+from bioreasoner.training.common import check_quantization
 from tests.conftest import ROOT
 from tests.tiny import load_stage
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from bioreasoner import sleep
-from bioreasoner.generation import render_prompt
-from bioreasoner.models import load_model, load_tokenizer
+from bioreasoner.modeling.generation import render_prompt
+from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.training import sleep
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from bioreasoner.records import Message, Source, Task
-from bioreasoner.tiny_model import build_model, train_tokenizer
+from bioreasoner.core.records import Message, Source, Task
+from bioreasoner.modeling.tiny_model import build_model, train_tokenizer
 from tests.conftest import ROOT
 
 ARCH = dict(

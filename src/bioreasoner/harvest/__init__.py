@@ -10,8 +10,8 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from bioreasoner.core.records import Paper
 from bioreasoner.harvest.ledger import Ledger
-from bioreasoner.records import Paper
 
 Reader = Callable[[dict[str, Any], Ledger], Iterator[Paper]]
 

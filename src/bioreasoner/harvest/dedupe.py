@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bioreasoner.records import Paper
+from bioreasoner.core.records import Paper
 
 
 def _keep_fullest(groups: dict[str, Paper], key: str, paper: Paper) -> bool:

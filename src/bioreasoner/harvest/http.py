@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from bioreasoner.io import atomic_path
+from bioreasoner.core.io import atomic_path
 
 log = logging.getLogger(__name__)
 

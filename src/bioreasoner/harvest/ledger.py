@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from bioreasoner.io import BadInputError
+from bioreasoner.core.io import BadInputError
 
 log = logging.getLogger(__name__)
 

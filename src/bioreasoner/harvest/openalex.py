@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bioreasoner.core.io import read_json, validation_problem
+from bioreasoner.core.records import Paper
+from bioreasoner.core.text import clean
 from bioreasoner.harvest.ledger import Ledger, expand_paths
-from bioreasoner.io import read_json, validation_problem
-from bioreasoner.records import Paper
-from bioreasoner.text import clean
 
 KIND = "openalex_json"
 _PMID = re.compile(r"(?:^|/)([0-9]+)/?$")

@@ -15,11 +15,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bioreasoner.core.io import BadInputError
+from bioreasoner.core.records import Paper
 from bioreasoner.harvest.http import CachedClient
 from bioreasoner.harvest.ledger import Ledger
 from bioreasoner.harvest.pubmed_xml import parse_pubmed_xml
-from bioreasoner.io import BadInputError
-from bioreasoner.records import Paper
 
 log = logging.getLogger(__name__)
 

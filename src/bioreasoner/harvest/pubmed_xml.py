@@ -19,10 +19,10 @@ from defusedxml import DefusedXmlException, EntitiesForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 from pydantic import ValidationError
 
+from bioreasoner.core.io import BadInputError, validation_problem
+from bioreasoner.core.records import Paper, Section
+from bioreasoner.core.text import clean
 from bioreasoner.harvest.ledger import Ledger, expand_paths
-from bioreasoner.io import BadInputError, validation_problem
-from bioreasoner.records import Paper, Section
-from bioreasoner.text import clean
 
 log = logging.getLogger(__name__)
 

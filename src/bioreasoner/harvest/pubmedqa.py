@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from bioreasoner.core.io import read_json
+from bioreasoner.core.records import Paper, Section
+from bioreasoner.core.text import clean
 from bioreasoner.harvest.ledger import Ledger, expand_paths
-from bioreasoner.io import read_json
-from bioreasoner.records import Paper, Section
-from bioreasoner.text import clean
 
 DECISIONS = ("yes", "no", "maybe")
 

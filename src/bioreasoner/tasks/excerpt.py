@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bioreasoner.records import Paper
-from bioreasoner.text import sentences
+from bioreasoner.core.records import Paper
+from bioreasoner.core.text import sentences
 
 _METHOD = re.compile(r"METHOD|DESIGN|SETTING|PATIENT|SUBJECT|PARTICIPANT|MATERIAL|PROCEDURE|INTERVENTION", re.I)
 _RESULT = re.compile(r"RESULT|FINDING|OUTCOME|MEASURE", re.I)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bioreasoner.records import Message, Source
+from bioreasoner.core.records import Message, Source
 
 SYSTEM_PROMPT = (
     "You are BioReasoner, a careful biomedical research assistant. Think step by step inside "

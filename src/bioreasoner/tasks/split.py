@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bioreasoner.io import BadInputError, read_json
+from bioreasoner.core.io import BadInputError, read_json
 
 
 def read_test_pmids(path: str | Path) -> set[str]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bioreasoner.core.text import sentences
 from bioreasoner.tasks.excerpt import Excerpt
-from bioreasoner.text import sentences
 
 
 def cite(pmid: str) -> str:

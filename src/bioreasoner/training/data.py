@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bioreasoner.records import Pair, Task
+from bioreasoner.core.records import Pair, Task
 
 
 def prompt_messages(task: Task) -> list[dict[str, str]]:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -54,9 +55,20 @@ def run_stage(main: Callable[[], None]) -> None:
 # ----------------------------------------------------------------------------- params
 
 
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file; malformed YAML is one line naming the file and the line."""
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        raise BadInputError(path, where, f"malformed YAML: {getattr(err, 'problem', None) or err}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+    """The raw params mapping (stages use `bioreasoner.core.config.load`, which validates it)."""
+    return load_yaml(path) or {}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -122,11 +134,36 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+def sweep_temps(path: str | Path) -> list[Path]:
+    """Remove temp files/folders that an earlier, killed `atomic_path` left beside `path`.
+
+    A kill -9 skips the cleanup below, and a 7B merge's temp folder is ~15 GB; the next
+    write of the same out sweeps it. Only names of our own shape are touched: the out's
+    name between a leading dot and mkstemp's 8 random characters (plus `.tmp` for files).
+    """
+    path = Path(path)
+    shape = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}(\.tmp)?$")
+    swept = []
+    if path.parent.is_dir():
+        for stale in path.parent.iterdir():
+            if shape.match(stale.name):
+                log.warning("removing a temp left by an interrupted run: %s", stale)
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+                swept.append(stale)
+    return swept
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temp path beside `path`; rename it over `path` only if the block succeeds.
+
+    Temps of an earlier killed run of the same out are swept first (`sweep_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(path)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     else:

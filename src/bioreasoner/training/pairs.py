@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from bioreasoner.records import Candidate, Message, Pair, Task
+from bioreasoner.core.records import Candidate, Message, Pair, Task
 
 RULES = ("reference_vs_failed", "reference_vs_lowest", "best_vs_missing_think", "best_vs_worst")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
-from bioreasoner.records import Task
+from bioreasoner.core.records import Task
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,13 @@ def build_judge(cfg: dict[str, Any]) -> Judge:
     cfg = dict(cfg)
     kind = cfg.pop("kind", "rubric")
     if kind == "rubric":
-        from bioreasoner.judge.rubric import RubricJudge
+        from bioreasoner.scoring.judge.rubric import RubricJudge
 
         if cfg:
             raise ValueError(f"judge kind 'rubric' takes no options, got {sorted(cfg)}")
         return RubricJudge()
     if kind == "openai":
-        from bioreasoner.judge.openai import OpenAIJudge
+        from bioreasoner.scoring.judge.openai import OpenAIJudge
 
         try:
             return OpenAIJudge(**cfg)

@@ -1,7 +1,7 @@
 """Per-response scores and the aggregate eval metrics, with their exact definitions.
 
 Per response (`score_response`), with `cited` the distinct PMIDs the response cites
-(see `bioreasoner.parsing`):
+(see `bioreasoner.scoring.parsing`):
 
 - grounded = cited PMIDs that are among the task's sources; hallucinated = cited PMIDs
   that are not; fabricated = cited PMIDs absent from the whole corpus (a subset of
@@ -46,9 +46,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from bioreasoner.judge import Verdict
-from bioreasoner.parsing import parse_response
-from bioreasoner.records import Task
+from bioreasoner.core.records import Task
+from bioreasoner.scoring.judge import Verdict
+from bioreasoner.scoring.parsing import parse_response
 
 LABELS = ("yes", "no", "maybe")
 

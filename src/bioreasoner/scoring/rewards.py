@@ -50,9 +50,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bioreasoner.judge import Judge, build_judge
-from bioreasoner.parsing import parse_response
-from bioreasoner.records import Task
+from bioreasoner.core.records import Task
+from bioreasoner.scoring.judge import Judge, build_judge
+from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger(__name__)
 

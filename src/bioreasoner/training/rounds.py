@@ -11,8 +11,8 @@ import copy
 import random
 from typing import Any
 
-from bioreasoner.generation import item_seed
-from bioreasoner.records import Task
+from bioreasoner.core.records import Task
+from bioreasoner.modeling.generation import item_seed
 
 MODES = ("distill", "best_of_n")
 

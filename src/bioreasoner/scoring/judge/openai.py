@@ -29,9 +29,9 @@ from typing import Any
 
 import requests
 
-from bioreasoner.io import atomic_path
-from bioreasoner.judge import Verdict
-from bioreasoner.records import Task
+from bioreasoner.core.io import atomic_path
+from bioreasoner.core.records import Task
+from bioreasoner.scoring.judge import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bioreasoner.generation import render_prompt
+from bioreasoner.modeling.generation import render_prompt
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bioreasoner.judge import Verdict
-from bioreasoner.parsing import parse_response
+from bioreasoner.scoring.judge import Verdict
+from bioreasoner.scoring.parsing import parse_response
 
 REASONS = ("missing_think", "unclosed_think", "short_think", "low_score", "judge_error", "hallucinated")
 

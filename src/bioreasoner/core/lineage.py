@@ -4,6 +4,9 @@ Each stage that writes a model or adapter folder puts a `lineage.json` in it: th
 the params it used and the md5 of each input, computed exactly as DVC computes the hashes
 in `dvc.lock` (so a card's hashes can be looked up there). `merge` nests the parent's and
 the adapter's records, so a merged folder holds the whole chain back to `base`.
+
+Every record also carries the `environment` it ran in (library versions and hardware, see
+`bioreasoner.core.env`): versions and hardware only, so the same machine writes the same bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bioreasoner.core import env
 
 LINEAGE_FILE = "lineage.json"
 
@@ -38,15 +43,20 @@ def dvc_md5(path: str | Path) -> str:
 
 
 def record(stage: str, params: dict[str, Any], inputs: list[str | Path]) -> dict[str, Any]:
-    """What one stage did: its name, the params it read, and its inputs' DVC hashes."""
+    """What one stage did: its name, the params it read, its inputs' DVC hashes, and the
+    environment (library versions, hardware) it ran in."""
     return {
         "stage": stage,
         "params": params,
         "inputs": {str(p): dvc_md5(p) for p in inputs},
+        "environment": env.environment(),
     }
 
 
 def write(folder: str | Path, lineage: dict[str, Any]) -> None:
+    """Write `lineage.json`. A record built by hand (merge's) that has no `environment` gets the
+    writing process's, added in place so a model card made from the same dict shows it too."""
+    lineage.setdefault("environment", env.environment())
     text = json.dumps(lineage, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     (Path(folder) / LINEAGE_FILE).write_text(text, encoding="utf-8", newline="\n")
 
@@ -64,6 +74,57 @@ def chain(lineage: dict[str, Any] | None) -> list[dict[str, Any]]:
     if lineage.get("stage") == "merge":
         return chain(lineage["parent"]["lineage"]) + chain(lineage["adapter"]["lineage"]) + [lineage]
     return [lineage]
+
+
+def _step_name(step: dict[str, Any]) -> str:
+    return step["stage"] + (f" ({step['version']})" if step.get("version") else "")
+
+
+def _cuda_text(cuda: dict[str, Any] | None) -> str:
+    if not cuda:
+        return "none"
+    devices = ", ".join(sorted(set(cuda.get("devices", [])))) or "?"
+    return f"{cuda.get('version')} (cuDNN {cuda.get('cudnn')}), {cuda.get('device_count')} x {devices}"
+
+
+def environment_section(steps: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: one column per distinct environment, headed by the steps that ran in it."""
+    lines = ["## Environment", ""]
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    missing = []
+    for step in steps:
+        environment = step.get("environment")
+        if not environment:
+            missing.append(_step_name(step))
+            continue
+        key = json.dumps(environment, sort_keys=True)
+        groups.setdefault(key, (environment, []))[1].append(_step_name(step))
+    if groups:
+        lines += [
+            "Library versions and hardware each step ran with (`environment` in `lineage.json`). The same",
+            "versions (`requirements.lock`) on the same kind of machine reproduce these weights exactly;",
+            "other hardware (CPU kernels, thread count, GPU) can differ by float noise.",
+            "",
+        ]
+        envs = [e for e, _ in groups.values()]
+        lines.append("| | " + " | ".join(", ".join(names) for _, names in groups.values()) + " |")
+        lines.append("|---|" + "---|" * len(envs))
+        libs = list(dict.fromkeys(k for e in envs for k in e.get("libraries", {})))
+        for name in libs:
+            values = [e.get("libraries", {}).get(name) or "not installed" for e in envs]
+            lines.append(f"| {name} | " + " | ".join(values) + " |")
+        rows = {
+            "OS / arch": lambda hw: f"{hw.get('os')} {hw.get('machine')}",
+            "CPU": lambda hw: f"{hw.get('cpu')} ({hw.get('cpu_count')} logical CPUs)",
+            "torch threads": lambda hw: str(hw.get("torch_threads")),
+            "CUDA": lambda hw: _cuda_text(hw.get("cuda")),
+        }
+        for label, fmt in rows.items():
+            lines.append(f"| {label} | " + " | ".join(fmt(e.get("hardware", {})) for e in envs) + " |")
+        lines.append("")
+    if missing:
+        lines += [f"Not recorded for: {', '.join(missing)} (made before environments were recorded).", ""]
+    return lines
 
 
 def model_card(version: str, lineage: dict[str, Any], *, eval_metrics_path: str, notes: list[str]) -> str:
@@ -94,9 +155,9 @@ def model_card(version: str, lineage: dict[str, Any], *, eval_metrics_path: str,
     ]
     for i, step in enumerate(steps, 1):
         ins = "<br>".join(f"`{p}` `{h}`" for p, h in sorted(step.get("inputs", {}).items()))
-        name = step["stage"] + (f" ({step['version']})" if step.get("version") else "")
-        lines.append(f"| {i} | {name} | {ins} |")
-    lines += ["", "## Parameters of each step", ""]
+        lines.append(f"| {i} | {_step_name(step)} | {ins} |")
+    lines += ["", *environment_section(steps)]
+    lines += ["## Parameters of each step", ""]
     for step in steps:
         params = yaml.safe_dump(step["params"], sort_keys=True).strip()
         lines += [f"### {step['stage']}", "", "```yaml", params, "```", ""]

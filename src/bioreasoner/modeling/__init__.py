@@ -1,0 +1,1 @@
+"""Modeling family: loading and saving models, the tiny base, seeded batched sampling."""

@@ -1,0 +1,1 @@
+"""Scoring family: response parsing, judges, rewards, filter rules and eval metrics."""

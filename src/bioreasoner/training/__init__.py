@@ -1,0 +1,1 @@
+"""Training family: the shared training run lifecycle, trainer rows, rounds, pairs, sleep."""
