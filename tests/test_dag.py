@@ -20,12 +20,14 @@ DOWNSTREAM_OF_GRPO = {"grpo", "cls_sleep", "merge@v3_0", "eval@v3_0"}
 def micro(params: dict) -> dict:
     """Every stage at its smallest: seconds, not minutes. Same code paths as the default."""
     gen = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8, "batch_size": 8}
-    params["sft"].update(max_steps=2, batch_size=2, logging_steps=1, save_steps=100, warmup_steps=0)
+    params["sft"].update(max_steps=2, per_device_train_batch_size=2, logging_steps=1, save_steps=100, warmup_steps=0)
     params["eval"].update(generation=gen, max_tasks_per_type=1)
     for r in params["rounds"].values():
         r.update(prompts=3, samples_per_prompt=2, generation=gen)
-    params["dpo"].update(max_steps=2, batch_size=2, logging_steps=1)
-    params["grpo"].update(prompts=2, max_steps=1, batch_size=2, num_generations=2, max_completion_length=8)
+    params["dpo"].update(max_steps=2, per_device_train_batch_size=2, logging_steps=1)
+    params["grpo"].update(
+        prompts=2, max_steps=1, per_device_train_batch_size=2, num_generations=2, max_completion_length=8
+    )
     params["cls"].update(
         replay_sft=2,
         replay_chosen_per_round=1,
@@ -77,3 +79,15 @@ def test_grpo_beta_reruns_only_grpo_and_its_dependents(repo):
     proj, _ = repo
     out = dvc(proj, "exp", "run", "-S", "grpo.beta=0.05")
     assert ran(out) == DOWNSTREAM_OF_GRPO, out[-3000:]
+
+
+def test_a_mistyped_param_fails_fast_and_leaves_the_lock(repo):
+    """`dvc exp run -S grpo.betta=0.05` (a typo beside the real key) is refused by the first stage
+    that reads it, with one line naming the key and the nearest valid one; dvc.lock is untouched."""
+    proj, _ = repo
+    before = (proj / "dvc.lock").read_text()
+    res = subprocess.run([DVC, "exp", "run", "-S", "grpo.betta=0.05"], cwd=proj, capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "grpo.betta: unknown key (did you mean 'beta'?)" in res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert (proj / "dvc.lock").read_text() == before

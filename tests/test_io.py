@@ -63,3 +63,24 @@ def test_write_then_read_round_trip(tmp_path):
     paper = Paper.model_validate_json(GOOD)
     write_jsonl(tmp_path / "c.jsonl", [paper])
     assert read_jsonl(tmp_path / "c.jsonl", Paper) == [paper]
+
+
+def test_temps_of_a_killed_write_are_swept_by_the_next_one(tmp_path):
+    """kill -9 skips atomic_path's cleanup; the next write of the same out removes what it left
+    (a 7B merge's temp folder is ~15 GB), and only names of atomic_path's own shape."""
+    from bioreasoner.core.io import atomic_path, write_json
+
+    (tmp_path / ".metrics.json.a1b2c3d4.tmp").write_text("half")  # a killed write_json
+    (tmp_path / ".model.x_y9z8w7").mkdir()  # a killed directory write
+    (tmp_path / ".model.x_y9z8w7" / "model.safetensors").write_bytes(b"0" * 10)
+    (tmp_path / ".metrics.json.notes").write_text("keep")  # not our shape
+    (tmp_path / ".other.json.a1b2c3d4.tmp").write_text("keep")  # another out's temp: its own next run
+    write_json(tmp_path / "metrics.json", {"a": 1})
+    with atomic_path(tmp_path / "model", directory=True) as tmp:
+        (tmp / "f").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".metrics.json.notes",
+        ".other.json.a1b2c3d4.tmp",
+        "metrics.json",
+        "model",
+    ]

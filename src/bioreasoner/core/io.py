@@ -18,7 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -200,3 +200,29 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
         f.write("\n")
+
+
+# ----------------------------------------------------------------------------- degenerate inputs
+
+K = TypeVar("K", bound=Hashable)
+
+
+def require_nonempty(path: str | Path, rows: list[M], what: str = "records") -> list[M]:
+    """`rows` read from `path`, or a `BadInputError` when there are none (an empty file is a
+    broken upstream stage, not a valid input)."""
+    if not rows:
+        raise BadInputError(path, None, f"no {what}: the file is empty")
+    return rows
+
+
+def unique_ids(path: str | Path, rows: Iterable[M], key: Callable[[M], K], what: str = "id") -> dict[K, M]:
+    """`{key(row): row}` in file order; a repeated key is a `BadInputError` naming both records
+    (1-based, blank lines not counted)."""
+    seen: dict[K, M] = {}
+    first: dict[K, int] = {}
+    for n, row in enumerate(rows, start=1):
+        k = key(row)
+        if k in seen:
+            raise BadInputError(path, f"record {n}", f"duplicate {what} {k!r} (first at record {first[k]})")
+        seen[k], first[k] = row, n
+    return seen
