@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 # torch first, pinned and outside the lock: on a CPU-only machine this resolves to the CPU
 # build, and the locked packages then find torch satisfied instead of pulling CUDA wheels.
-# CUDA build (README, Reproducibility): make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# CUDA build (README, Reproducibility): make setup TORCH_SPEC="torch==2.13.0 --index-url <PyTorch CUDA 12.8 wheel index>"
 TORCH_SPEC ?= torch==2.13.0
 # pip itself at the locked version (read from the lock) before it installs anything.
 PIP_PIN := $(shell grep -s -m1 -o '^pip==[^ ]*' $(LOCK))
@@ -36,8 +36,8 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock: setup
 	test -x $(LOCK_TOOLS)/bin/uv || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"; }
 	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v -i -e '^torch==' -e '^bioreasoner==' > $(LOCK_TOOLS)/freeze.txt
-	$(LOCK_TOOLS)/bin/uv pip compile $(LOCK_TOOLS)/freeze.txt --no-deps --generate-hashes --no-annotate \
-		--python-version 3.11 --index-url https://pypi.org/simple --custom-compile-command "make lock" -o $(LOCK)
+	$(LOCK_TOOLS)/bin/uv pip compile --quiet $(LOCK_TOOLS)/freeze.txt --no-deps --generate-hashes --no-annotate \
+		--python-version 3.11 --custom-compile-command "make lock" -o $(LOCK)
 	touch $(VENV)/.installed
 
 repro: setup
