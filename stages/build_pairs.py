@@ -4,11 +4,16 @@
     python stages/build_pairs.py --round v2_1 --candidates-dir data/rounds/v2_1 \
         --out data/rounds/v2_1/pairs.jsonl --metrics metrics/rounds/v2_1/pairs.json
 
-`rounds.R.mode`: `distill` pairs the task's reference (chosen) with a student sample
-(rejected); `best_of_n` pairs the best passed candidate with the worst (see
-`bioreasoner.training.pairs`). When there are fewer pairs than `dpo.min_pairs` the stage still runs,
-warns loudly and records `underpowered: true` (the notebook's v2.2: 35 pairs, margin 0.027,
-worse than v2.1).
+`rounds.R.mode`: `distill` pairs the task's reference (chosen, scored by the primary judge of
+`judges.panel` like the candidates) with a student sample (rejected); `best_of_n` pairs the
+best passed candidate with the worst (see `bioreasoner.training.pairs`). When there are fewer
+pairs than `dpo.min_pairs` (with round R's `dpo:` overrides) the stage still runs, warns loudly
+and records `underpowered: true` (the notebook's v2.2: 35 pairs, margin 0.027, worse than
+v2.1); no pairs at all is an empty `pairs.jsonl`, not an error.
+
+No scored candidates (passed.jsonl and rejected.jsonl both empty), an empty tasks file, a
+repeated task id or (task_id, sample), or a candidate of an unknown task is one error line and
+exit 1; so is a judge that fails on too many of the first references.
 """
 
 from __future__ import annotations
@@ -18,13 +23,23 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from bioreasoner.core.io import load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core import config
+from bioreasoner.core.io import (
+    BadInputError,
+    read_jsonl,
+    require_nonempty,
+    run_stage,
+    unique_ids,
+    write_json,
+    write_jsonl,
+)
 from bioreasoner.core.records import Candidate, Pair, Task
-from bioreasoner.scoring.judge import build_judges
+from bioreasoner.scoring.judge import build_judges, score_all
 from bioreasoner.training.pairs import best_of_n_pairs, distill_pair, pair_metrics
-from bioreasoner.training.rounds import dpo_config, round_config
 
 log = logging.getLogger("build_pairs")
+
+SECTIONS = ("judges", "dpo", "rounds")  # dvc.yaml's `params:` for build_pairs@R
 
 
 def main() -> None:
@@ -38,29 +53,51 @@ def main() -> None:
     args = ap.parse_args()
 
     # -- params
-    params = load_params(args.params)
-    cfg = round_config(params, args.round)
-    min_pairs = dpo_config(params, args.round)["min_pairs"]
+    p = config.load(args.params, sections=SECTIONS)
+    if args.round not in p.rounds:
+        raise BadInputError(args.params, "rounds", f"no round {args.round!r} (have {sorted(p.rounds)})")
+    rnd = p.rounds[args.round]
+    min_pairs = p.round_dpo(args.round).min_pairs
 
     # -- data: scored candidates grouped by prompt, in task-file order
     folder = Path(args.candidates_dir)
-    candidates = read_jsonl(folder / "passed.jsonl", Candidate) + read_jsonl(folder / "rejected.jsonl", Candidate)
+    candidates: list[Candidate] = []
+    seen: dict[tuple[str, int], str] = {}
+    for name in ("passed.jsonl", "rejected.jsonl"):
+        rows = read_jsonl(folder / name, Candidate)
+        for key in unique_ids(folder / name, rows, lambda c: (c.task_id, c.sample), "(task_id, sample)"):
+            if key in seen:
+                raise BadInputError(folder / name, None, f"(task_id, sample) {key!r} is in {seen[key]} too")
+            seen[key] = name
+        candidates += rows
+    if not candidates:
+        raise BadInputError(folder, None, "no scored candidates: passed.jsonl and rejected.jsonl are both empty")
+    all_tasks = require_nonempty(args.tasks, read_jsonl(args.tasks, Task), "tasks")
+    by_id = unique_ids(args.tasks, all_tasks, lambda t: t.id)
     by_task: dict[str, list[Candidate]] = defaultdict(list)
     for c in sorted(candidates, key=lambda c: (c.task_id, c.sample)):
+        if c.task_id not in by_id:
+            raise BadInputError(folder, None, f"candidate task_id {c.task_id!r} is not in {args.tasks}")
         by_task[c.task_id].append(c)
-    tasks = [t for t in read_jsonl(args.tasks, Task) if t.id in by_task]
+    tasks = [t for t in all_tasks if t.id in by_task]
 
     # -- pairs
     pairs: list[Pair] = []
-    if cfg["mode"] == "distill":
-        judge = build_judges(params["judges"])[0]  # the reference is scored like the candidates
-        for t in tasks:
-            v = judge.score(t, t.reference)
+    if rnd.mode == "distill":
+        # the reference is scored like the candidates: by the primary judge
+        [verdicts] = score_all(
+            build_judges(p.judges.panel[:1], retry_budget=p.judges.retry_budget),
+            tasks,
+            [t.reference for t in tasks],
+            fail_fast_after=p.judges.fail_fast_after,
+            max_error_rate=p.judges.max_error_rate,
+        )
+        for t, v in zip(tasks, verdicts, strict=True):
             pair = distill_pair(t, by_task[t.id], None if v.mean is None else v.logic + v.novelty)
             pairs += [pair] if pair else []
     else:
         for t in tasks:
-            pairs += best_of_n_pairs(t, by_task[t.id], cfg["pairs"]["min_delta"], cfg["pairs"]["pairs_per_prompt"])
+            pairs += best_of_n_pairs(t, by_task[t.id], rnd.pairs.min_delta, rnd.pairs.pairs_per_prompt)
 
     # -- write pairs and metrics
     write_jsonl(args.out, pairs)

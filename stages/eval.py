@@ -5,9 +5,15 @@
 
 Generates with seeded, batched sampling (one seed per task, so any row can be regenerated
 alone), parses every response (`bioreasoner.scoring.parsing`), asks each configured judge for a
-verdict (the first one is primary), and writes one readable row per task to
-`data/eval/V.jsonl` and the aggregate metrics (defined in README and
-`bioreasoner.scoring.eval_metrics`) to `metrics/eval/V.json`.
+verdict (the first one is primary), applies the one pass rule (`judges.pass_rule`, the rule
+the filter applies), and writes one readable row per task to `data/eval/V.jsonl` and the
+aggregate metrics (defined in README and `bioreasoner.scoring.eval_metrics`) to
+`metrics/eval/V.json`.
+
+Params are validated before anything is loaded. An empty or missing test-tasks file, a
+repeated task id or an empty corpus is one error line and exit 1, as is a judge that fails on
+too many of the first items (`judges.fail_fast_after`, `judges.max_error_rate`); nothing is
+written then.
 """
 
 from __future__ import annotations
@@ -17,17 +23,26 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-import torch
-
-from bioreasoner.core.io import iter_jsonl, load_params, read_jsonl, run_stage, write_json, write_jsonl
+from bioreasoner.core import config
+from bioreasoner.core.io import (
+    BadInputError,
+    iter_jsonl,
+    read_jsonl,
+    require_nonempty,
+    run_stage,
+    unique_ids,
+    write_json,
+    write_jsonl,
+)
 from bioreasoner.core.records import Paper, Task
-from bioreasoner.modeling.generation import SamplingParams, item_seed, sample
-from bioreasoner.modeling.models import load_model, load_tokenizer
 from bioreasoner.scoring.eval_metrics import aggregate, score_response
-from bioreasoner.scoring.judge import agreement, build_judges, pass_calls, score_all
-from bioreasoner.training.data import prompt_messages
+from bioreasoner.scoring.filtering import pass_calls
+from bioreasoner.scoring.judge import agreement, build_judges, score_all
+from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger("eval")
+
+SECTIONS = ("seed", "model", "judges", "eval")  # dvc.yaml's `params:` for eval@V
 
 
 def select(tasks: list[Task], per_type: int) -> list[Task]:
@@ -57,32 +72,48 @@ def main() -> None:
     metrics_path = args.metrics or f"metrics/eval/{args.version}.json"
 
     # -- params
-    params = load_params(args.params)
-    mcfg, cfg, seed = params["model"], params["eval"], params["seed"]
-    gen = SamplingParams(**cfg["generation"])
-    judges = build_judges(params["judges"])
-    torch.manual_seed(seed)
+    p = config.load(args.params, sections=SECTIONS)
+    rule = p.judges.pass_rule
+    judges = build_judges(p.judges.panel, retry_budget=p.judges.retry_budget)
 
     # -- data
-    tasks = select(read_jsonl(args.tasks, Task), cfg["max_tasks_per_type"])
-    corpus_pmids = {p.pmid for p in iter_jsonl(args.corpus, Paper)}
-    seeds = [item_seed(seed, "eval", t.id) for t in tasks]
+    all_tasks = require_nonempty(args.tasks, read_jsonl(args.tasks, Task), "test tasks")
+    unique_ids(args.tasks, all_tasks, lambda t: t.id)
+    tasks = select(all_tasks, p.eval.max_tasks_per_type)
+    corpus_pmids = {paper.pmid for paper in iter_jsonl(args.corpus, Paper)}
+    if not corpus_pmids:
+        raise BadInputError(args.corpus, None, "no papers: the file is empty")
     log.info("%s: %d test tasks, judges %s", args.version, len(tasks), [j.name for j in judges])
 
-    # -- model
-    trust = bool(mcfg["trust_remote_code"])
+    # -- model: torch and transformers load only now, so bad params or data fail in a second
+    import torch
+
+    from bioreasoner.modeling.generation import SamplingParams, item_seed, sample
+    from bioreasoner.modeling.models import load_model, load_tokenizer
+    from bioreasoner.training.data import prompt_messages
+
+    gen = SamplingParams(**p.eval.generation.model_dump())
+    torch.manual_seed(p.seed)
+    seeds = [item_seed(p.seed, "eval", t.id) for t in tasks]
+    trust = p.model.trust_remote_code
     tokenizer = load_tokenizer(args.model, trust_remote_code=trust)
-    model = load_model(args.model, trust_remote_code=trust, dtype=mcfg["dtype"])
+    model = load_model(args.model, trust_remote_code=trust, dtype=p.model.dtype)
     if torch.cuda.is_available():
         model.to("cuda")
 
     # -- generate and score
     prompts = [prompt_messages(t) for t in tasks]
     responses = sample(model, tokenizer, prompts, seeds, gen, desc=f"eval {args.version}")
-    verdicts = score_all(judges, tasks, responses)
+    verdicts = score_all(
+        judges,
+        tasks,
+        responses,
+        fail_fast_after=p.judges.fail_fast_after,
+        max_error_rate=p.judges.max_error_rate,
+    )
     rows: list[dict[str, Any]] = []
     for i, (task, response) in enumerate(zip(tasks, responses, strict=True)):
-        row = score_response(task, response, corpus_pmids, verdicts[0][i], cfg["pass_threshold"])
+        row = score_response(task, response, corpus_pmids, verdicts[0][i], rule)
         row["seed"] = seeds[i]
         if len(judges) > 1:
             row["judges"] = {
@@ -94,9 +125,12 @@ def main() -> None:
     # -- write rows and metrics
     write_jsonl(out, rows)
     metrics: dict[str, Any] = {"version": args.version, **aggregate(rows)}
-    primary = pass_calls(verdicts[0], cfg["pass_threshold"])
+    # each judge's own pass/fail (the same rule, that judge's verdicts) against the primary's
+    parsed = [parse_response(r) for r in responses]
+    sources = [t.source_pmids for t in tasks]
+    primary = pass_calls(parsed, sources, verdicts[0], rule)
     for j, v in zip(judges[1:], verdicts[1:], strict=True):
-        metrics.setdefault("judge_agreement", {})[j.name] = agreement(primary, pass_calls(v, cfg["pass_threshold"]))
+        metrics.setdefault("judge_agreement", {})[j.name] = agreement(primary, pass_calls(parsed, sources, v, rule))
     write_json(metrics_path, metrics)
     log.info(
         "%s: hallucination %.3f, missing think %.3f, pass %.3f, PubMedQA acc %s",

@@ -1,9 +1,11 @@
-"""Eval metrics on hand-made rows, checked against numbers worked out by hand."""
+"""Eval metrics on hand-made rows, checked against numbers worked out by hand; `passed` comes
+from the one pass rule (`judges.pass_rule`), the filter's."""
 
 from __future__ import annotations
 
 import pytest
 
+from bioreasoner.core.config import PassRule
 from bioreasoner.core.records import Message, Source, Task
 from bioreasoner.scoring.eval_metrics import accuracy, aggregate, macro_f1, majority_label, score_response
 from bioreasoner.scoring.judge import Verdict
@@ -31,6 +33,9 @@ def ok(logic: float, novelty: float) -> Verdict:
 
 
 FAILED = Verdict(logic=None, novelty=None, error="HTTP 500", judge="j")
+# The hand-made rows have think blocks of a few characters: this rule asks for a closed block of
+# any length and a mean of 3.0, so the numbers below isolate the score and grounding clauses.
+RULE = PassRule(min_score=3.0, min_think_chars=0, reject_hallucinated=True)
 
 # ----------------------------------------------------------------------------- score_response
 
@@ -75,7 +80,7 @@ FAILED = Verdict(logic=None, novelty=None, error="HTTP 500", judge="j")
     ],
 )
 def test_score_response_qa(response, verdict, expected):
-    row = score_response(qa_task("100", "yes"), response, CORPUS, verdict, pass_threshold=3.0)
+    row = score_response(qa_task("100", "yes"), response, CORPUS, verdict, RULE)
     for key, value in expected.items():
         assert row[key] == value, key
     assert row["correct"] == (row["decision"] == "yes")
@@ -83,7 +88,7 @@ def test_score_response_qa(response, verdict, expected):
 
 
 def test_score_response_cross_task_has_no_qa_keys():
-    row = score_response(CROSS, "<think>x y</think> [PMID:300] [PMID:100] [PMID:300]", CORPUS, ok(4, 4), 3.0)
+    row = score_response(CROSS, "<think>x y</think> [PMID:300] [PMID:100] [PMID:300]", CORPUS, ok(4, 4), RULE)
     assert row["cited_pmids"] == ["300", "100"]
     assert row["grounded"] == ["300", "100"]
     assert row["source_pmids"] == ["100", "200", "300"]
@@ -91,8 +96,28 @@ def test_score_response_cross_task_has_no_qa_keys():
     assert not {"pmid", "gold", "decision", "correct"} & row.keys()
 
 
+@pytest.mark.parametrize(
+    ("response", "verdict", "reasons"),
+    [
+        # the default rule (min_think_chars 200, min_score 2.5): a 3-char think block is short
+        ("<think>abc</think> [PMID:100]", ok(4, 4), ["short_think"]),
+        # 200 chars of think and a mean of exactly 2.5: passes
+        ("<think>" + "a" * 200 + "</think> [PMID:100]", ok(3, 2), []),
+        # no block at all: missing_think, once
+        ("[PMID:100] Answer: yes", ok(4, 4), ["missing_think"]),
+        # hallucinated and low: both reasons, in the filter's order
+        ("<think>" + "a" * 200 + "</think> [PMID:400]", ok(2, 2), ["low_score", "hallucinated"]),
+        # a judge error
+        ("<think>" + "a" * 200 + "</think>", FAILED, ["judge_error"]),
+    ],
+)
+def test_score_response_default_rule_reasons(response, verdict, reasons):
+    row = score_response(qa_task("100", "yes"), response, CORPUS, verdict, PassRule())
+    assert row["reasons"] == reasons and row["passed"] is (not reasons)
+
+
 def test_qa_task_without_gold_has_no_correctness():
-    row = score_response(qa_task("100", None), "<think>a</think>Answer: yes", CORPUS, ok(4, 4), 3.0)
+    row = score_response(qa_task("100", None), "<think>a</think>Answer: yes", CORPUS, ok(4, 4), RULE)
     assert row["correct"] is None
 
 
@@ -115,7 +140,7 @@ ROWS_IN = [
 
 
 def test_aggregate_by_hand():
-    rows = [score_response(t, r, CORPUS, v, pass_threshold=3.0) for t, r, v in ROWS_IN]
+    rows = [score_response(t, r, CORPUS, v, RULE) for t, r, v in ROWS_IN]
     assert aggregate(rows) == {
         "n": 6,
         "n_by_type": {"gap_analysis": 2, "qa": 4},
@@ -149,7 +174,7 @@ def test_aggregate_of_nothing():
 
 
 def test_citation_precision_is_none_without_citations():
-    rows = [score_response(CROSS, "<think>x</think> no citations", CORPUS, ok(3, 3), 3.0)]
+    rows = [score_response(CROSS, "<think>x</think> no citations", CORPUS, ok(3, 3), RULE)]
     out = aggregate(rows)
     assert out["citation_precision"] is None
     assert out["citing_rate"] == 0.0

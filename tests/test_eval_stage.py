@@ -1,10 +1,13 @@
 """eval@V end to end on a tiny model: one readable row per test task with every score, qa rows
 with pmid/gold/decision, metrics from those rows, seeded (a re-run is identical), a second
-judge's agreement reported, and a stratified subset by `max_tasks_per_type`."""
+judge's agreement reported, and a stratified subset by `max_tasks_per_type`. And, fast: bad
+params or degenerate inputs are one error line before any model is loaded."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -13,7 +16,7 @@ import yaml
 
 from bioreasoner.core.records import Paper, Source, Task
 from bioreasoner.scoring.eval_metrics import aggregate
-from tests.conftest import loopback, run_stage, send
+from tests.conftest import ROOT, loopback, run_stage, send
 from tests.tiny import make_task
 
 
@@ -34,7 +37,7 @@ def write_inputs(project, model_dir, judge_url, per_type=0):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["eval"]["generation"].update(max_new_tokens=16, batch_size=4)
     params["eval"]["max_tasks_per_type"] = per_type
-    params["judges"] = [
+    params["judges"]["panel"] = [
         {"kind": "rubric"},
         {"kind": "openai", "base_url": judge_url, "model": "m", "cache_dir": str(project / "cache")},
     ]
@@ -75,7 +78,17 @@ def test_eval_rows_metrics_and_determinism(project, tiny_base):
     assert [r["task_id"] for r in rows] == [t.id for t in tasks]
     for row, task in zip(rows, tasks, strict=True):
         assert row["source_pmids"] == task.source_pmids and isinstance(row["response"], str)
-        assert {"hallucinated", "fabricated", "think_closed", "logic", "novelty", "passed", "seed"} <= row.keys()
+        assert {
+            "hallucinated",
+            "fabricated",
+            "think_closed",
+            "logic",
+            "novelty",
+            "passed",
+            "reasons",
+            "seed",
+        } <= row.keys()
+        assert row["passed"] is (row["reasons"] == [])
         assert row["judges"]["openai:m"] == {"logic": 4.0, "novelty": 4.0, "error": None}
         if task.type == "qa":
             assert row["pmid"] == task.source_pmids[0] and row["gold"] == "yes"
@@ -99,3 +112,52 @@ def test_max_tasks_per_type_takes_a_stratified_subset(project, tiny_base):
         assert run_eval(project, model_dir).returncode == 0
     metrics = json.loads((project / "metrics/eval/t.json").read_text())
     assert metrics["n_by_type"] == {"gap_analysis": 1, "qa": 1}
+
+
+# ----------------------------------------------------------------------------- bad input, before any model
+
+
+def run_eval_fast(tmp_path, tasks, papers, edit=None):
+    """eval.py against a model folder that does not exist: every error here must come first."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if edit:
+        edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    if tasks is not None:
+        (tmp_path / "test.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in tasks))
+    (tmp_path / "corpus.jsonl").write_text("".join(p.model_dump_json() + "\n" for p in papers))
+    args = ["--params", "params.yaml", "--version", "t", "--model", "no-such-model", "--tasks", "test.jsonl"]
+    args += ["--corpus", "corpus.jsonl", "--out", "out/t.jsonl", "--metrics", "out/t.json"]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "stages/eval.py"), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+
+TASKS = [make_task(i) for i in range(2)]
+PAPERS = [Paper(pmid=p, title="t", abstract="a.", source="test") for t in TASKS for p in t.source_pmids]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "papers", "edit", "message"),
+    [
+        # no test tasks
+        ([], PAPERS, None, "test.jsonl: no test tasks: the file is empty"),
+        # no test-tasks file
+        (None, PAPERS, None, "test.jsonl: file does not exist"),
+        # a task id twice
+        ([TASKS[0], TASKS[1], TASKS[0]], PAPERS, None, "test.jsonl: record 3: duplicate id 'qa-0' (first at record 1)"),
+        # an empty corpus: every citation would count as fabricated
+        (TASKS, [], None, "corpus.jsonl: no papers: the file is empty"),
+        # the old eval.pass_threshold: one pass rule now, in judges.pass_rule
+        (TASKS, PAPERS, lambda p: p["eval"].update(pass_threshold=3.0), "eval.pass_threshold: unknown key"),
+        # a pass rule off the judges' 1-5 scale
+        (TASKS, PAPERS, lambda p: p["judges"]["pass_rule"].update(min_score=7), "judges.pass_rule.min_score"),
+    ],
+)
+def test_eval_refuses_bad_input_before_loading_a_model(tmp_path, tasks, papers, edit, message):
+    res = run_eval_fast(tmp_path, tasks, papers, edit)
+    assert res.returncode == 1, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr and message in errors[0], res.stderr[-2000:]
+    assert "no-such-model" not in res.stderr  # the model was never looked at
+    assert not (tmp_path / "out").exists()

@@ -1,15 +1,21 @@
 """GRPO reward terms on literal strings: grounding (and its guards against repeated and many
 citations), format, quality with the rubric and a failing judge, correctness, conversational
-completions, ignored kwargs, and the params registry."""
+completions, ignored kwargs, and the params registry (typed `RewardsCfg`, whose fields are the
+registry's names); the quality term on the judges' 1-5 scale that the pass rule thresholds."""
 
 from __future__ import annotations
 
 import pickle
 
 import pytest
+import yaml
 
+from bioreasoner.core import config
+from bioreasoner.core.config import PassRule, RewardsCfg
 from bioreasoner.core.records import Task
+from bioreasoner.scoring.filtering import fail_reasons
 from bioreasoner.scoring.judge import Verdict
+from bioreasoner.scoring.parsing import parse_response
 from bioreasoner.scoring.rewards import (
     REWARDS,
     build_rewards,
@@ -20,6 +26,7 @@ from bioreasoner.scoring.rewards import (
     quality_factory,
     quality_reward,
 )
+from tests.conftest import ROOT
 from tests.tiny import make_task
 
 SOURCES = ["1000", "1001", "1002", "1003", "1004"]
@@ -227,9 +234,9 @@ def test_build_rewards_names_and_weights():
 
 def test_build_rewards_defaults_and_order():
     funcs, weights = build_rewards({"format": None, "grounding": {"cap": 1}})
-    assert [f.__name__ for f in funcs] == ["format", "grounding"]  # the params order
+    assert [f.__name__ for f in funcs] == ["grounding", "format"]  # RewardsCfg's field order
     assert weights == [1.0, 1.0]  # weight defaults to 1.0
-    assert funcs[1](["[PMID: 1, 2, 3]"], source_pmids=[["1", "2", "3"]]) == [1.0]  # the cap option reached it
+    assert funcs[0](["[PMID: 1, 2, 3]"], source_pmids=[["1", "2", "3"]]) == [1.0]  # the cap option reached it
 
 
 def test_trl_reads_the_names():
@@ -250,14 +257,65 @@ def test_rewards_pickle():
     ("cfg", "message"),
     [
         ({"grounding": {}, "citations": {}}, "unknown reward terms \\['citations'\\]"),  # a misspelt term name
-        ({"grounding": {"capp": 3}}, "unknown options \\['capp'\\]"),  # a misspelt option
-        ({"format": {"cap": 3}}, "'format': unknown options \\['cap'\\]"),  # an option of another term
-        ({"grounding": {"cap": -1}}, "cap must be"),  # a negative cap
-        ({"format": {"weight": "high"}}, "weight must be"),  # a weight that is not a number
-        ({"quality": {"judge": {"kind": "oracle"}}}, "unknown judge kind"),  # the judge config is checked
+        ({"grounding": {"capp": 3}}, "grounding.capp: unknown option"),  # a misspelt option
+        ({"format": {"cap": 3}}, "format.cap: unknown option"),  # an option of another term
+        ({"grounding": {"cap": -1}}, "grounding.cap: Input should be greater than 0"),  # a negative cap
+        ({"format": {"weight": "high"}}, "format.weight: Input should be a valid number"),  # not a number
+        ({"format": {"weight": float("inf")}}, "weight must be a finite number"),  # not finite
+        ({"quality": {"judge": {"kind": "oracle"}}}, "unknown judge kind 'oracle'"),  # the judge config is checked
+        ({"quality": {"judge": {"kind": "openai", "model": "m"}}}, "quality.judge.base_url"),  # and its fields
         ({}, "no reward terms"),  # nothing to train on
     ],
 )
 def test_build_rewards_rejects_bad_config(cfg, message):
     with pytest.raises(ValueError, match=message):
         build_rewards(cfg)
+
+
+def test_registry_names_are_the_typed_config_fields():
+    assert set(REWARDS) == set(RewardsCfg.model_fields)
+    assert list(REWARDS) == list(RewardsCfg.model_fields)  # and in the same order
+
+
+def test_build_rewards_takes_the_typed_grpo_section():
+    params = config.validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    funcs, weights = build_rewards(params.grpo.rewards)  # what stages/grpo.py passes
+    set_terms = [k for k in RewardsCfg.model_fields if getattr(params.grpo.rewards, k) is not None]
+    assert [f.__name__ for f in funcs] == set_terms and len(weights) == len(funcs)
+    typed = RewardsCfg(format={"weight": 0.5}, quality={"judge": {"kind": "rubric", "name": "r"}})
+    funcs, weights = build_rewards(typed)
+    assert [f.__name__ for f in funcs] == ["format", "quality"] and weights == [0.5, 1.0]
+    assert funcs[1].options["judge"].name == "r"
+
+
+class MeanJudge:
+    """Logic and novelty both equal to `mean`."""
+
+    name = "mean"
+
+    def __init__(self, mean: float):
+        self.mean = mean
+
+    def score(self, task: Task, response: str) -> Verdict:
+        return Verdict(logic=self.mean, novelty=self.mean, error=None, judge=self.name)
+
+
+@pytest.mark.parametrize(
+    ("mean", "passes_score_clause"),
+    [
+        (1.0, False),  # the scale's floor: quality 0.4
+        (2.49, False),  # just under the default min_score 2.5
+        (2.5, True),  # exactly min_score: quality 1.0
+        (4.0, True),  # quality 1.6
+        (5.0, True),  # the scale's top: quality 2.0
+    ],
+)
+def test_quality_is_on_the_pass_rules_scale(mean, passes_score_clause):
+    rule = PassRule()
+    task = make_task(0)
+    [value] = quality_reward(["x"], task=[task], judge=MeanJudge(mean))
+    assert value == pytest.approx(2 * mean / 5)  # = logic/5 + novelty/5
+    # the quality reward clears 2 x min_score / 5 exactly when the pass rule's score clause holds
+    reasons = fail_reasons(parse_response("x"), ["1000"], MeanJudge(mean).score(task, "x"), rule)
+    assert ("low_score" not in reasons) is passes_score_clause
+    assert (value >= 2 * rule.min_score / 5 - 1e-12) is passes_score_clause

@@ -70,7 +70,8 @@ def test_unknown_source_kind(project):
     params["harvest"]["sources"] = [{"kind": "arxiv", "path": "x"}]
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     res = run_stage(project, "harvest.py")
-    assert res.returncode == 1 and "harvest.sources[0]: unknown kind 'arxiv'" in res.stderr
+    assert res.returncode == 1
+    assert "params.yaml: harvest.sources.0: Input tag 'arxiv' found using 'kind' does not match" in res.stderr
 
 
 def test_build_triplets_rejects_a_corrupt_corpus(project):

@@ -216,18 +216,19 @@ class OpenAIJudgeCfg(Section):
     """An OpenAI-compatible chat endpoint (src/bioreasoner/scoring/judge/openai.py)."""
 
     kind: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # no user:pass@ (keys go in api_key_env)
     model: str = Field(min_length=1)
-    api_key_env: str | None = None  # no default: a key is sent only when you name its variable
+    # no default: a key is sent only when you name its variable (the key itself never goes in params)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     name: str | None = None
     cache_dir: str = ".cache/judge"
-    temperature: NonNegFloat = 0.0
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     max_tokens: PosInt = 256  # every request is capped
-    timeout_s: PosFloat = 60.0  # per HTTP attempt (connect + each read)
-    deadline_s: PosFloat = 300.0  # total per item, retries and waits included
+    timeout_s: PosFloat = 60.0  # per HTTP attempt (connect + each read), never past the deadline
+    deadline_s: PosFloat = 300.0  # total per item, retries and Retry-After waits included
     max_retries: NonNegInt = 3
     backoff_s: NonNegFloat = 1.0
-    max_response_bytes: PosInt = 1_000_000
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is cut and is an error
 
 
 JudgeCfg = Annotated[RubricJudgeCfg | OpenAIJudgeCfg, Field(discriminator="kind")]

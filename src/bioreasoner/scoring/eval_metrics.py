@@ -9,8 +9,11 @@ Per response (`score_response`), with `cited` the distinct PMIDs the response ci
 - A response *hallucinates* when it cites any PMID not among the task's sources, and
   *fabricates* when it cites any PMID absent from the corpus.
 - *Missing think*: no closed `<think>...</think>` block.
-- *Pass*: no hallucination AND a closed think block AND the judge's (logic + novelty) / 2
-  >= pass_threshold. A judge error (no scores) fails the pass.
+- *Pass*: the one pass rule (`judges.pass_rule`, `bioreasoner.scoring.filtering.fail_reasons`),
+  the same the filter applies: a closed think block of at least `min_think_chars`, the
+  judge's (logic + novelty) / 2 >= `min_score`, and (with `reject_hallucinated`) no
+  hallucinated PMID. A judge error (no scores) fails the pass. `reasons` lists the clauses
+  a row breaks ([] = passed), with the filter's reason names.
 - qa only: `decision` is the parsed "Answer: yes|no|maybe" (None when unparseable);
   `correct` is decision == gold (None when the task has no gold label).
 
@@ -46,7 +49,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from bioreasoner.core.config import PassRule
 from bioreasoner.core.records import Task
+from bioreasoner.scoring.filtering import fail_reasons
 from bioreasoner.scoring.judge import Verdict
 from bioreasoner.scoring.parsing import parse_response
 
@@ -54,13 +59,13 @@ LABELS = ("yes", "no", "maybe")
 
 
 def score_response(
-    task: Task, response: str, corpus_pmids: set[str], verdict: Verdict, pass_threshold: float
+    task: Task, response: str, corpus_pmids: set[str], verdict: Verdict, rule: PassRule
 ) -> dict[str, Any]:
     p = parse_response(response)
     sources = task.source_pmids
     cited = list(p.citations)
     hallucinated = [c for c in cited if c not in sources]
-    mean = verdict.mean
+    reasons = fail_reasons(p, sources, verdict, rule)
     judge_error = verdict.error if verdict.error is not None else (None if verdict.ok else "verdict has no scores")
     row: dict[str, Any] = {
         "task_id": task.id,
@@ -78,7 +83,8 @@ def score_response(
         "logic": verdict.logic if verdict.ok else None,
         "novelty": verdict.novelty if verdict.ok else None,
         "judge_error": judge_error,
-        "passed": bool(not hallucinated and p.think_closed and mean is not None and mean >= pass_threshold),
+        "passed": not reasons,
+        "reasons": reasons,
     }
     if task.type == "qa":
         row["pmid"] = sources[0]

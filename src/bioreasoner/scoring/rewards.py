@@ -1,8 +1,8 @@
-"""GRPO reward terms (lab notebook entry 7, seeds/000), as TRL reward functions.
+"""GRPO reward terms [D6], as TRL reward functions.
 
-DESIGN.md: "GRPO reward: +1 per grounded cited PMID, -2 per hallucinated one, + logic/5 +
-novelty/5, +0.5 with a <think> block, -1 without; plus answer correctness for qa ... Guard
-against hacks the formula invites (citing the same PMID twenty times)". Each term is its own
+The v3.0 plan: +1 per grounded cited PMID, -2 per hallucinated one, + logic/5 + novelty/5,
++0.5 with a <think> block, -1 without; plus answer correctness for qa, guarded against the
+hacks the formula invites (citing the same PMID twenty times). Each term is its own
 function, so TRL logs `rewards/<name>/mean` per term and sums them with `reward_weights`:
 
 | name          | reward of one completion                                                      | range          |
@@ -10,7 +10,7 @@ function, so TRL logs `rewards/<name>/mean` per term and sums them with `reward_
 | `grounding`   | min(G, cap) - 2 * H, with G = distinct cited PMIDs among the row's sources    | [-2 * H, cap]  |
 |               | and H = distinct cited PMIDs not among them (whole response, think included)  |                |
 | `format`      | +0.5 with a closed `<think>...</think>` block, else -1.0 (none, or unclosed)  | {-1.0, +0.5}   |
-| `quality`     | logic / 5 + novelty / 5 from the judge; 0.0 when the judge gives no verdict   | [0.4, 2.0], 0  |
+| `quality`     | 2 x mean / 5 = logic / 5 + novelty / 5, from the judge; 0.0 without a verdict | [0.4, 2.0], 0  |
 | `correctness` | qa rows with a gold decision: 1.0 when the parsed decision equals it, else 0; | {0.0, 1.0}     |
 |               | every other row 0.0                                                           |                |
 
@@ -24,6 +24,14 @@ Guards, in `grounding`:
 - The negative side has no floor: each distinct invented PMID costs 2, however many there are.
   No policy hacks a penalty, and a floor would make the 10th invention as cheap as no more.
 
+One judge scale [D5]: `quality` reads the same `Verdict.mean` = (logic + novelty) / 2 on the
+judges' 1-5 scale that the pass rule (`judges.pass_rule.min_score`, `scoring.filtering`)
+thresholds, scaled by 2/5, so the quality of a response at the pass rule's `min_score` m is
+2m / 5 (1.0 at the default 2.5) and the term is monotone in exactly what filter and eval
+threshold. The pass rule's other clauses (a closed think block, no invented PMID) are not
+repeated inside `quality`: they are the `format` and `grounding` terms, which give a graded
+signal where a pass/fail gate would give none.
+
 Everything a response contains is read by `parsing.parse_response`, the one parser shared
 with eval and the filter. The text scored is the completion as given: a trainer that forces a
 prefix (e.g. "<think>\\n") into the prompt must put it back before scoring, as `generation` does.
@@ -35,23 +43,28 @@ completions: `source_pmids` (list[list[str]]), `task_type` (list[str]), `gold` (
 None]) and `task` (`Task.model_dump_json()` strings, for the judge). Unknown keyword arguments
 (the other dataset columns, `prompts`, `completion_ids`, `trainer_state`, ...) are ignored.
 
-`build_rewards(cfg)` turns the `grpo.rewards` params mapping, e.g.
+`build_rewards(cfg)` turns the typed `grpo.rewards` section (`core.config.RewardsCfg`, e.g.
 `{grounding: {weight: 1.0, cap: 3.0}, format: {weight: 1.0}, quality: {weight: 1.0, judge:
-{kind: rubric}}, correctness: {weight: 1.0}}`, into the functions (each named after its key)
-and the weights for `GRPOConfig.reward_weights`. A term with weight 0 is kept: it is logged
-but does not train (its cost is still paid, so remove a costly judge instead of zeroing it).
+{kind: rubric}}, correctness: {weight: 1.0}}`; a plain mapping is validated into one) into the
+functions (each named after its key) and the weights for `GRPOConfig.reward_weights`, in
+`RewardsCfg`'s field order (grounding, format, quality, correctness); a term left out is off.
+`REWARDS`, the registry of factories, has exactly `RewardsCfg`'s fields as names. A term with
+weight 0 is kept: it is logged but does not train (its cost is still paid, so remove a costly
+judge instead of zeroing it).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
+from bioreasoner.core.config import OpenAIJudgeCfg, RewardsCfg, RubricJudgeCfg
 from bioreasoner.core.records import Task
-from bioreasoner.scoring.judge import Judge, build_judge
+from bioreasoner.scoring.judge import Judge, RetryBudget, build_judge
 from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger(__name__)
@@ -126,7 +139,7 @@ def quality_reward(
     judge: Judge | None = None,
     **kwargs: Any,
 ) -> list[float]:
-    """logic / 5 + novelty / 5 from `judge` on (task, completion); 0.0 when it gives no verdict."""
+    """2 x mean / 5 (= logic / 5 + novelty / 5) from `judge` on (task, completion); 0.0 without a verdict."""
     if judge is None:
         raise ValueError("quality reward needs a judge (build it with quality_factory or build_rewards)")
     tasks = _column("task", task, len(completions))
@@ -134,8 +147,8 @@ def quality_reward(
     failed = 0
     for completion, t in zip(completions, tasks, strict=True):
         verdict = judge.score(_as_task(t), completion_text(completion))
-        if verdict.ok:
-            out.append(verdict.logic / 5 + verdict.novelty / 5)  # type: ignore[operator]
+        if verdict.mean is not None:
+            out.append(2 * verdict.mean / 5)  # the judges' 1-5 mean, as the pass rule reads it
         else:
             failed += 1
             out.append(0.0)
@@ -192,16 +205,18 @@ def format_factory() -> NamedReward:
     return NamedReward("format", format_reward)
 
 
-def quality_factory(judge: dict[str, Any] | None = None) -> NamedReward:
-    """The quality term with a judge built from a params mapping (default `{kind: rubric}`)."""
-    return NamedReward("quality", quality_reward, judge=build_judge(judge or {"kind": "rubric"}))
+def quality_factory(
+    judge: RubricJudgeCfg | OpenAIJudgeCfg | Mapping[str, Any] | None = None, *, budget: RetryBudget | None = None
+) -> NamedReward:
+    """The quality term with a judge built from its typed entry or a mapping (default `{kind: rubric}`)."""
+    return NamedReward("quality", quality_reward, judge=build_judge(judge or {"kind": "rubric"}, budget=budget))
 
 
 def correctness_factory() -> NamedReward:
     return NamedReward("correctness", correctness_reward)
 
 
-# params name -> factory; a factory's keyword parameters are the options the term accepts.
+# a `RewardsCfg` field -> factory; the term's typed fields (less `weight`) are its keyword arguments.
 REWARDS: dict[str, Callable[..., NamedReward]] = {
     "grounding": grounding_factory,
     "format": format_factory,
@@ -210,33 +225,48 @@ REWARDS: dict[str, Callable[..., NamedReward]] = {
 }
 
 
-def _weight(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"reward {name!r}: weight must be a finite number, got {value!r}")
-    return float(value)
-
-
-def build_rewards(cfg: dict[str, dict[str, Any] | None]) -> tuple[list[NamedReward], list[float]]:
-    """The reward functions named in `cfg` (in its order) and their weights (default 1.0).
-
-    Unknown names and unknown options are a ValueError naming them. Weight-0 terms are kept.
-    """
+def rewards_config(cfg: RewardsCfg | Mapping[str, Any]) -> RewardsCfg:
+    """`cfg` as a `RewardsCfg`; a plain mapping is validated, its problems one ValueError line."""
+    if isinstance(cfg, RewardsCfg):
+        return cfg
     if not cfg:
         raise ValueError(f"no reward terms configured (choose from {sorted(REWARDS)})")
     unknown = sorted(set(cfg) - set(REWARDS))
     if unknown:
         raise ValueError(f"unknown reward terms {unknown} (expected some of {sorted(REWARDS)})")
+    try:
+        return RewardsCfg.model_validate({k: {} if v is None else v for k, v in cfg.items()})
+    except ValidationError as err:
+        e = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in e["loc"] if p not in ("rubric", "openai"))
+        if e["type"] == "extra_forbidden":
+            raise ValueError(f"reward {where}: unknown option") from None
+        if e["type"] == "union_tag_invalid" and isinstance(e["input"], Mapping):
+            raise ValueError(f"reward {where}: unknown judge kind {e['input'].get('kind')!r}") from None
+        raise ValueError(f"reward {where}: {e['msg']}, got {e['input']!r}") from None
+
+
+def build_rewards(
+    cfg: RewardsCfg | Mapping[str, Any], *, retry_budget: int | None = None
+) -> tuple[list[NamedReward], list[float]]:
+    """The reward functions of the terms set in `cfg` (`RewardsCfg` field order) and their weights.
+
+    `retry_budget` caps the HTTP retries of the quality term's judge over the whole run (None:
+    each item may retry `max_retries` times). Weight-0 terms are kept.
+    """
+    cfg = rewards_config(cfg)
     funcs, weights = [], []
-    for name, term in cfg.items():
-        options = dict(term or {})
-        weight = _weight(name, options.pop("weight", 1.0))
-        factory = REWARDS[name]
-        allowed = set(inspect.signature(factory).parameters)
-        bad = sorted(set(options) - allowed)
-        if bad:
-            raise ValueError(f"reward {name!r}: unknown options {bad} (allowed: {sorted(allowed | {'weight'})})")
-        funcs.append(factory(**options))
-        weights.append(weight)
+    for name in RewardsCfg.model_fields:
+        term = getattr(cfg, name)
+        if term is None:
+            continue
+        options = {k: getattr(term, k) for k in type(term).model_fields if k != "weight"}
+        if name == "quality":
+            options["budget"] = RetryBudget(retry_budget)
+        if not math.isfinite(term.weight):
+            raise ValueError(f"reward {name!r}: weight must be a finite number, got {term.weight!r}")
+        funcs.append(REWARDS[name](**options))
+        weights.append(float(term.weight))
     log.info("rewards: %s", ", ".join(f"{f.__name__} x {w:g}" for f, w in zip(funcs, weights, strict=True)))
     return funcs, weights
 

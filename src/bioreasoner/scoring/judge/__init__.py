@@ -1,20 +1,31 @@
-"""Judges score a response's logic and novelty 1-5 (DESIGN.md, "Teacher, judge, rewards").
+"""Judges score a response's logic and novelty on one 1-5 scale [D5].
 
 A judge is anything with a `name` and `score(task, response) -> Verdict`. The default is
 the deterministic rubric (`judge.rubric`); `kind: openai` asks an OpenAI-compatible
-endpoint (`judge.openai`). Several judges may run side by side, and `agreement` reports
-how often two of them reach the same pass/fail call.
+endpoint (`judge.openai`). Several judges may run side by side (`judges.panel`, the first
+is primary), and `agreement` reports how often two of them reach the same pass/fail call
+(the calls come from the one pass rule, `bioreasoner.scoring.filtering`).
 
 A verdict that could not be obtained (a malformed reply, an HTTP failure) is a `Verdict`
-with `error` set and no scores: recorded, never a crash.
+with `error` set and no scores: recorded, never a crash for one item. A judge that fails
+too often is a stage failure instead (`score_all`): over the first `judges.fail_fast_after`
+items, an error share above `judges.max_error_rate` (or every item failing, whatever the
+settings) raises `JudgeFailureError`, one line and exit 1 under `run_stage`, before any out
+is written. HTTP retries come out of one `RetryBudget` per stage (`judges.retry_budget`),
+shared by every judge and item.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
+from pydantic import TypeAdapter, ValidationError
+
+from bioreasoner.core.config import JudgeCfg, OpenAIJudgeCfg, RubricJudgeCfg
+from bioreasoner.core.io import BadInputError
 from bioreasoner.core.records import Task
 
 
@@ -33,7 +44,7 @@ class Verdict:
 
     @property
     def mean(self) -> float | None:
-        """(logic + novelty) / 2, or None when the verdict is not ok."""
+        """(logic + novelty) / 2 on the 1-5 scale, or None when the verdict is not ok."""
         if not self.ok:
             return None
         return (self.logic + self.novelty) / 2  # type: ignore[operator]
@@ -46,32 +57,94 @@ class Judge(Protocol):
     def score(self, task: Task, response: str) -> Verdict: ...
 
 
-def build_judge(cfg: dict[str, Any]) -> Judge:
-    """A judge from a params mapping: `{kind: rubric}` or `{kind: openai, base_url: ..., model: ...}`.
+class JudgeFailureError(BadInputError):
+    """A judge failed on too many items: the stage stops, nothing is written.
 
-    Keys other than `kind` go to the judge's constructor, so a misspelt option is an error.
+    A `BadInputError`, so `run_stage` prints its one line and exits 1.
     """
-    cfg = dict(cfg)
-    kind = cfg.pop("kind", "rubric")
-    if kind == "rubric":
+
+    def __init__(self, judge: str, problem: str):
+        super().__init__(f"judge {judge}", None, problem)
+
+
+class RetryBudget:
+    """HTTP retries allowed to a whole stage (`judges.retry_budget`), shared by its judges.
+
+    `take()` spends one retry and says whether one was left; None = unlimited. Not thread-safe:
+    judges are called one item at a time.
+    """
+
+    def __init__(self, total: int | None):
+        if total is not None and total < 0:
+            raise ValueError(f"retry budget must be >= 0, got {total}")
+        self.total = total
+        self.used = 0
+
+    def take(self) -> bool:
+        if self.total is not None and self.used >= self.total:
+            return False
+        self.used += 1
+        return True
+
+    @property
+    def left(self) -> int | None:
+        return None if self.total is None else self.total - self.used
+
+    def __repr__(self) -> str:
+        return f"RetryBudget(total={self.total}, used={self.used})"
+
+
+_JUDGE_CFG: TypeAdapter[Any] = TypeAdapter(JudgeCfg)
+
+
+def judge_config(cfg: Mapping[str, Any]) -> RubricJudgeCfg | OpenAIJudgeCfg:
+    """A plain judge mapping validated into its typed entry; problems are one ValueError line."""
+    kind = cfg.get("kind")
+    if kind not in ("rubric", "openai"):
+        raise ValueError(f"unknown judge kind {kind!r} (expected 'rubric' or 'openai')")
+    try:
+        return _JUDGE_CFG.validate_python(dict(cfg))
+    except ValidationError as err:
+        e = err.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in e["loc"] if p != kind) or "judge"
+        if e["type"] == "extra_forbidden":
+            raise ValueError(f"judge kind {kind!r}: unknown option {field!r}") from None
+        if e["type"] == "missing":
+            raise ValueError(f"judge kind {kind!r}: option {field!r} is required") from None
+        raise ValueError(f"judge kind {kind!r}: {field}: {e['msg']}") from None
+
+
+def build_judge(
+    cfg: RubricJudgeCfg | OpenAIJudgeCfg | Mapping[str, Any], *, budget: RetryBudget | None = None
+) -> Judge:
+    """A judge from its typed params entry (`JudgeCfg`), or from a plain mapping (validated the same way).
+
+    `budget` is the stage's shared retry budget (an OpenAI judge without one may retry each
+    item `max_retries` times).
+    """
+    if isinstance(cfg, Mapping):
+        cfg = judge_config(cfg)
+    if isinstance(cfg, RubricJudgeCfg):
         from bioreasoner.scoring.judge.rubric import RubricJudge
 
-        if cfg:
-            raise ValueError(f"judge kind 'rubric' takes no options, got {sorted(cfg)}")
-        return RubricJudge()
-    if kind == "openai":
+        judge = RubricJudge()
+        if cfg.name:
+            judge.name = cfg.name
+        return judge
+    if isinstance(cfg, OpenAIJudgeCfg):
         from bioreasoner.scoring.judge.openai import OpenAIJudge
 
-        try:
-            return OpenAIJudge(**cfg)
-        except TypeError as err:
-            raise ValueError(f"judge kind 'openai': {err}") from None
-    raise ValueError(f"unknown judge kind {kind!r} (expected 'rubric' or 'openai')")
+        return OpenAIJudge.from_config(cfg, budget=budget)
+    raise TypeError(f"not a judge config: {cfg!r}")
 
 
-def build_judges(cfgs: list[dict[str, Any]]) -> list[Judge]:
-    """Several judges; their names must differ, since results are keyed by name."""
-    judges = [build_judge(c) for c in cfgs]
+def build_judges(
+    panel: Sequence[RubricJudgeCfg | OpenAIJudgeCfg | Mapping[str, Any]], *, retry_budget: int | None = None
+) -> list[Judge]:
+    """The judges of `judges.panel`, sharing one `RetryBudget(retry_budget)`; names must differ,
+    since results are keyed by name."""
+    budget = RetryBudget(retry_budget)
+    judges = [build_judge(c, budget=budget) for c in panel]
     names = [j.name for j in judges]
     if len(set(names)) != len(names):
         raise ValueError(f"judge names must be unique, got {names} (set `name:` to tell them apart)")
@@ -99,21 +172,53 @@ def agreement(a: list[bool], b: list[bool]) -> dict[str, float | int | None]:
     return {"n": n, "agreement": round(float(p_o), 4), "cohens_kappa": round(float(kappa), 4)}
 
 
-def score_all(judges: list[Judge], tasks: list[Task], responses: list[str]) -> list[list[Verdict]]:
-    """Every judge's verdict on every (task, response): result[j][i] is judge j on item i."""
+def check_error_rate(
+    judge: str, errors: int, seen: int, total: int, fail_fast_after: int, max_error_rate: float, last: str | None
+) -> None:
+    """Raise `JudgeFailureError` once the judge's errors decide the fail-fast rule.
+
+    The window is the first min(`fail_fast_after`, `total`) items: the stage stops as soon as
+    the errors among them exceed `max_error_rate` x window (so it need not score the whole
+    window to know), and always when every one of `total` items failed.
+    """
+    window = min(fail_fast_after, total)
+    if seen <= window and errors > max_error_rate * window:
+        raise JudgeFailureError(
+            judge,
+            f"{errors} of the first {seen} items got no verdict: more than judges.max_error_rate = "
+            f"{max_error_rate:g} of the first {window} (judges.fail_fast_after = {fail_fast_after}); "
+            f"nothing was written. Last error: {last}",
+        )
+    if seen == total and total and errors == total:
+        raise JudgeFailureError(judge, f"all {total} items got no verdict; nothing was written. Last error: {last}")
+
+
+def score_all(
+    judges: Sequence[Judge],
+    tasks: Sequence[Task],
+    responses: Sequence[str],
+    *,
+    fail_fast_after: int = 20,
+    max_error_rate: float = 0.5,
+) -> list[list[Verdict]]:
+    """Every judge's verdict on every (task, response): result[j][i] is judge j on item i.
+
+    Raises `JudgeFailureError` per `check_error_rate` (defaults: the `judges` section's).
+    """
     from tqdm.auto import tqdm
 
     if len(tasks) != len(responses):
         raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
-    return [
-        [
-            j.score(t, r)
-            for t, r in tqdm(zip(tasks, responses, strict=True), total=len(tasks), desc=f"judge {j.name}", disable=None)
-        ]
-        for j in judges
-    ]
-
-
-def pass_calls(verdicts: list[Verdict], threshold: float) -> list[bool]:
-    """One judge's pass/fail per item: (logic + novelty) / 2 >= threshold; a failed verdict fails."""
-    return [v.mean is not None and v.mean >= threshold for v in verdicts]
+    out: list[list[Verdict]] = []
+    for j in judges:
+        verdicts: list[Verdict] = []
+        errors = 0
+        for t, r in tqdm(zip(tasks, responses, strict=True), total=len(tasks), desc=f"judge {j.name}", disable=None):
+            v = j.score(t, r)
+            verdicts.append(v)
+            if not v.ok:
+                errors += 1
+                last = v.error or "verdict has no scores"
+                check_error_rate(j.name, errors, len(verdicts), len(tasks), fail_fast_after, max_error_rate, last)
+        out.append(verdicts)
+    return out

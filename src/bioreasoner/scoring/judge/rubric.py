@@ -50,7 +50,7 @@ from bioreasoner.scoring.judge import Verdict
 from bioreasoner.scoring.parsing import CITATION_RE, Parsed, parse_response
 
 _WORD = re.compile(r"[a-z0-9]+")
-_TAG = re.compile(r"<\s*/?\s*think\s*>", re.I)
+_TAG = re.compile(r"<\s*+/?\s*+think\s*+>", re.I)  # possessive: "<" + a long space run stays linear
 
 _FUNCTION_WORDS_TEXT = (
     "a an the of in on at to for from by with without and or but nor not no so as than that this these those "
