@@ -1,4 +1,4 @@
-"""Record schemas (DESIGN.md, "Records"): every JSONL reader validates against these."""
+"""Record schemas (README, "Where outputs land"): every JSONL reader validates against these."""
 
 from __future__ import annotations
 

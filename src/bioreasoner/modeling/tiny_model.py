@@ -19,7 +19,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SPECIAL = [EOS, IM_START, IM_END, PAD]
 
 # Qwen2-style template. The {% generation %} markers let TRL build assistant-only masks
-# (`assistant_only_loss`); the loss must never see prompt tokens (seeds/002).
+# (`assistant_only_loss`); the loss must never see prompt tokens [D4].
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"

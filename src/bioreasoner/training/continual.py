@@ -1,10 +1,10 @@
 """Continual-learning metrics and the sleep-pressure scheduler of the cls_sleep stage.
 
-Pure functions on plain lists (no torch). Definitions follow seed 001 (the "BioLLM CLS MVP"
+Pure functions on plain lists (no torch). Definitions follow the continual-learning MVP [D8] (the "BioLLM CLS MVP"
 README, section "Continual Metrics Definitions (Task-Boundary Metrics)") wherever it gives
 one; where it is silent the choice is stated below.
 
-Task matrix (seed 001)
+Task matrix (the MVP)
 ----------------------
 ``A[i][j]`` is the token accuracy, and ``L[i][j]`` the token loss, on the held-out
 references of task j measured after boundary i. Rows are boundaries in time order (in this
@@ -22,7 +22,7 @@ formulas range over ``j <= i`` (seen) and ``j < i`` (prior). We generalise with
 - seen at boundary i:  S_i = {j : learned_at[j] <= i}
 - prior at boundary i: P_i = {j : learned_at[j] <  i}   (learned strictly before i)
 
-``learned_at = [0, 1, 2, ...]`` reproduces seed 001 exactly. The default is
+``learned_at = [0, 1, 2, ...]`` reproduces the MVP exactly. The default is
 ``learned_at[j] = 0`` for every j, because in this pipeline every task type was trained in
 SFT, i.e. before the parent checkpoint (boundary 0): all tasks are seen at every boundary,
 boundary 0 has no prior tasks, and at every later boundary all tasks are prior. At least one
@@ -31,36 +31,36 @@ last row is allowed (that task is not seen yet).
 
 Per-boundary metrics
 --------------------
-- ``seen_acc_avg_i  = mean(A[i][j] for j in S_i)``                        (seed 001, j <= i -> S_i)
-- ``seen_loss_avg_i = mean(L[i][j] for j in S_i)``                        (seed 001, j <= i -> S_i)
-- ``forgetting_i = mean(max_{k <= i-1} A[k][j] - A[i][j] for j in P_i)``  (seed 001, j < i -> P_i)
-  The max runs over every earlier boundary k = 0..i-1, as seed 001 writes it, which is also
+- ``seen_acc_avg_i  = mean(A[i][j] for j in S_i)``                        (the MVP, j <= i -> S_i)
+- ``seen_loss_avg_i = mean(L[i][j] for j in S_i)``                        (the MVP, j <= i -> S_i)
+- ``forgetting_i = mean(max_{k <= i-1} A[k][j] - A[i][j] for j in P_i)``  (the MVP, j < i -> P_i)
+  The max runs over every earlier boundary k = 0..i-1, as the MVP writes it, which is also
   Chaudhry et al. 2018 (RWalk, "Riemannian Walk for Incremental Learning", eq. for f_j^k).
   A term is negative when the task is now better than ever before; terms are not clipped.
-- ``bwt_i = mean(A[i][j] - A[learned_at[j]][j] for j in P_i)``           (seed 001, A[j][j] -> A[learned_at[j]][j])
+- ``bwt_i = mean(A[i][j] - A[learned_at[j]][j] for j in P_i)``           (the MVP, A[j][j] -> A[learned_at[j]][j])
   Backward transfer as in Lopez-Paz & Ranzato 2017 (GEM), BWT = 1/(T-1) sum_{i<T} R_{T,i} - R_{i,i}:
   the change since the boundary at which the task was learned. With the default learned_at
   this is the mean change of every task relative to the parent.
-- When P_i is empty (always at i = 0), forgetting_i = bwt_i = 0 (seed 001: "first boundary
+- When P_i is empty (always at i = 0), forgetting_i = bwt_i = 0 (the MVP: "first boundary
   has no prior tasks, so forgetting/BWT are defined as 0").
 
 Summary metrics
 ---------------
 - ``final_seen_acc_avg``, ``final_seen_loss_avg``, ``final_forgetting``, ``final_bwt``: the
-  value at the last boundary (seed 001).
-- ``seen_acc_auc`` (seed 001): trapezoidal area under the seen_acc_avg trajectory over
+  value at the last boundary (the MVP).
+- ``seen_acc_auc`` (the MVP): trapezoidal area under the seen_acc_avg trajectory over
   boundary indices 0..n-1, divided by the number of intervals n-1:
   ``sum_{i=0}^{n-2} (y_i + y_{i+1}) / 2 / (n - 1)``. With a single boundary (no interval; seed
   001 is silent) it is ``y_0``, the area-normalised value of a constant trajectory.
-- ``non_finite_step_count`` (seed 001): the number of distinct training steps whose tracked
+- ``non_finite_step_count`` (the MVP): the number of distinct training steps whose tracked
   scalar metrics contained NaN or +-Inf; ``first_non_finite_step`` is the first such step or
-  -1 (seed 001).
-- Sleep batches (seed 001): ``pseudo_batch_size``, ``replay_batch_size_sleep``,
+  -1 (the MVP).
+- Sleep batches (the MVP): ``pseudo_batch_size``, ``replay_batch_size_sleep``,
   ``sleep_mix_ratio_pseudo = pseudo / (replay + pseudo)``, ``fisher_replay_samples``,
   ``fisher_pseudo_samples``, ``fisher_source_mode`` = ``mixed_replay_pseudo`` when Fisher saw
   pseudo samples, else ``replay_only``.
 
-Sleep-pressure scheduler (seed 001 names the signals but gives no formula; our choice)
+Sleep-pressure scheduler (the MVP names the signals but gives no formula; our choice)
 --------------------------------------------------------------------------------------
 Signals: saturation s (norm of the GRPO adapter), novelty v (teacher-vs-parent KL on replay)
 and forgetting f (drop in replay token accuracy, before minus after). Each is normalised by
@@ -74,7 +74,7 @@ so a negative signal (e.g. replay accuracy went up) counts as 0, a signal at or 
 reference counts as 1, and steps rounds half up (not Python's round-half-to-even). The
 result always lies in [min_sleep_steps, max_sleep_steps]. Non-finite signals are rejected.
 
-References: seed 001 (BioLLM CLS MVP README); D. Lopez-Paz and M. Ranzato, "Gradient Episodic
+References: the MVP (BioLLM CLS MVP README); D. Lopez-Paz and M. Ranzato, "Gradient Episodic
 Memory for Continual Learning", NeurIPS 2017; A. Chaudhry et al., "Riemannian Walk for
 Incremental Learning: Understanding Forgetting and Intransigence", ECCV 2018.
 """
@@ -279,7 +279,7 @@ def cl_metrics(
 
 
 def non_finite_steps(history: Iterable[Mapping[str, Any]], step_key: str = "step") -> dict[str, int]:
-    """``non_finite_step_count`` and ``first_non_finite_step`` (seed 001) over a log history.
+    """``non_finite_step_count`` and ``first_non_finite_step`` (the MVP) over a log history.
 
     `history` is a sequence of per-step metric dicts (e.g. a trainer's log history), each with
     an int `step_key`. A step counts when any of its numeric (int/float, not bool) values is
