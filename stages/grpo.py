@@ -2,143 +2,124 @@
 
     dvc repro grpo
     python stages/grpo.py --policy models/merged/v2_1 --tasks data/tasks/train.jsonl \
-        --out models/adapters/grpo --metrics metrics/grpo.json --live-dir dvclive/grpo
+        --out models/adapters/grpo --prompts-out data/grpo/prompts.jsonl \
+        --metrics metrics/grpo.json --live-dir dvclive/grpo
 
-TRL `GRPOTrainer` (notebook entry 7): `grpo.prompts` train tasks, `num_generations` completions
-per prompt, rewards from `bioreasoner.scoring.rewards` named in `grpo.rewards` with their weights
-(grounding, format, quality, correctness). DVCLive logs the total and per-term reward, KL,
-completion length and the clipped share; `metrics/grpo.json` has each term's mean over the
-first and the last five logged steps, so a reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
+TRL `GRPOTrainer` ([D1], reward [D6]) over v3.0's parent (`merge.versions.v3_0.parent`, the
+default `--policy`): `grpo.prompts` train tasks (a seeded draw), `num_generations` completions
+per prompt, rewards from `bioreasoner.scoring.rewards` named in `grpo.rewards` with their
+weights (grounding, format, quality, correctness). The drawn prompts are an out
+(`data/grpo/prompts.jsonl`, task ids): cls_sleep replays exactly these instead of redrawing.
+DVCLive logs the total and per-term reward, KL, completion length and the clipped share;
+`metrics/grpo.json` has each term's mean over the first and the last five logged steps, so a
+reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from typing import Any
 
-import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from bioreasoner.core import lineage
-from bioreasoner.core.io import atomic_path, load_params, read_jsonl, run_stage, write_json
+from bioreasoner.core import config
+from bioreasoner.core.config import StageParams
+from bioreasoner.core.io import BadInputError, run_stage
 from bioreasoner.core.records import Task
 from bioreasoner.modeling.generation import check_backend
-from bioreasoner.modeling.models import load_model, load_tokenizer
+from bioreasoner.modeling.models import load_for_training, load_tokenizer
 from bioreasoner.scoring.rewards import build_rewards, to_grpo_row
-from bioreasoner.training.common import (
-    check_quantization,
-    checkpoint_dir,
-    dvclive_callback,
-    final_log,
-    fingerprint,
-    lora_config,
-)
+from bioreasoner.training.data import read_tasks, write_task_ids
+from bioreasoner.training.lifecycle import TrainingRun, final_log, first_last, lora_config
 from bioreasoner.training.rounds import select_prompts
 
 log = logging.getLogger("grpo")
 
+SECTIONS = ("seed", "model", "grpo", "merge")  # = this stage's `params:` in dvc.yaml
+
 CURVES = ("reward", "kl", "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean")
 
 
-def build_trainer(params: dict[str, Any], tasks: list[Task], policy: str, ckpt_dir: str) -> GRPOTrainer:
-    cfg, mcfg = params["grpo"], params["model"]
-    check_quantization(mcfg["quantization"])
-    if cfg["use_vllm"]:
+def prompts_per_step(p: StageParams) -> int:
+    """Distinct prompts one generation batch samples: TRL drops a batch it cannot fill, so
+    fewer prompts than this would train nothing (and exit 0)."""
+    cfg = p.grpo
+    return cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations
+
+
+def build_trainer(p: StageParams, tasks: list[Task], policy: str, run: TrainingRun) -> GRPOTrainer:
+    cfg = p.grpo
+    if cfg.use_vllm:
         check_backend("vllm")
-    trust = bool(mcfg["trust_remote_code"])
-    tokenizer = load_tokenizer(policy, trust_remote_code=trust)
-    model = load_model(policy, trust_remote_code=trust, dtype=mcfg["dtype"])
-    funcs, weights = build_rewards(cfg["rewards"])
-    args = GRPOConfig(
-        output_dir=ckpt_dir,
-        seed=params["seed"],
-        data_seed=params["seed"],
-        learning_rate=cfg["learning_rate"],
-        lr_scheduler_type=cfg["lr_scheduler_type"],
-        warmup_steps=cfg["warmup_steps"],
-        max_steps=cfg["max_steps"],
-        per_device_train_batch_size=cfg["batch_size"],
-        gradient_accumulation_steps=cfg["gradient_accumulation_steps"],
-        beta=cfg["beta"],
-        loss_type=cfg["loss_type"],
-        num_generations=cfg["num_generations"],
-        max_completion_length=cfg["max_completion_length"],
-        temperature=cfg["temperature"],
-        top_p=cfg["top_p"],
-        generation_kwargs=cfg.get("generation_kwargs") or None,
-        reward_weights=weights,
-        use_vllm=cfg["use_vllm"],
-        gradient_checkpointing=cfg["gradient_checkpointing"],
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # seeds/004
-        bf16=mcfg["dtype"] == "bfloat16",
-        logging_steps=cfg["logging_steps"],
-        save_steps=cfg["save_steps"],
-        save_total_limit=2,
-        report_to="none",  # DVCLive is attached by the stage, into its own folder
-        use_cpu=not torch.cuda.is_available(),
-    )
+    tokenizer = load_tokenizer(policy, trust_remote_code=p.model.trust_remote_code)
+    model = load_for_training(policy, p.model, gradient_checkpointing=cfg.gradient_checkpointing)
+    funcs, weights = build_rewards(cfg.rewards)
+    args = GRPOConfig(**run.trainer_args(cfg, seed=p.seed, model=p.model), reward_weights=weights)
     return GRPOTrainer(
         model=model,
         reward_funcs=funcs,
         args=args,
         train_dataset=Dataset.from_list([to_grpo_row(t) for t in tasks]),
         processing_class=tokenizer,
-        peft_config=lora_config(cfg["lora"]),
+        peft_config=lora_config(cfg.lora),
     )
 
 
-def first_last(history: list[dict[str, Any]], key: str, k: int = 5) -> dict[str, float | None]:
-    """Mean of the first and of the last `k` logged values (single steps are noisy)."""
-    values = [h[key] for h in history if key in h]
-    if not values:
-        return {"first": None, "last": None}
-    return {"first": round(sum(values[:k]) / len(values[:k]), 4), "last": round(sum(values[-k:]) / len(values[-k:]), 4)}
-
-
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--policy", required=True)
+    ap.add_argument("--policy", default=None, help="default: merge.versions.v3_0.parent")
     ap.add_argument("--tasks", default="data/tasks/train.jsonl")
     ap.add_argument("--out", default="models/adapters/grpo")
+    ap.add_argument("--prompts-out", default="data/grpo/prompts.jsonl", help="task ids of the prompts trained on")
     ap.add_argument("--metrics", default="metrics/grpo.json")
     ap.add_argument("--live-dir", default="dvclive/grpo")
     ap.add_argument("--checkpoints", default="checkpoints/grpo")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    # -- params
-    params = load_params(args.params)
-    cfg = params["grpo"]
-    used = {k: params[k] for k in ("seed", "model", "judges", "grpo")}
 
-    # -- data
-    tasks = select_prompts(read_jsonl(args.tasks, Task), cfg["prompts"], params["seed"], "grpo")
-    log.info("%d GRPO prompts x %d generations", len(tasks), cfg["num_generations"])
+def main() -> None:
+    args = parse_args()
 
-    # -- model and trainer (resuming when a checkpoint of this exact run exists)
-    ckpt, last = checkpoint_dir(args.checkpoints, fingerprint(used, [args.tasks, args.policy]))
-    trainer = build_trainer(params, tasks, args.policy, str(ckpt))
-    trainer.add_callback(dvclive_callback(args.live_dir, resume=last is not None))
+    # -- 1. params: validated before any model or data is touched
+    p = config.load(args.params, sections=SECTIONS)
+    policy = args.policy or p.grpo_policy
 
-    # -- train
-    result = trainer.train(resume_from_checkpoint=last)
+    # -- 2. data: the seeded draw of prompts, enough to fill one generation batch
+    tasks = select_prompts(read_tasks(args.tasks), p.grpo.prompts, p.seed, "grpo")
+    if len(tasks) < prompts_per_step(p):
+        raise BadInputError(
+            args.tasks,
+            None,
+            f"{len(tasks)} prompt(s), but one GRPO step samples {prompts_per_step(p)} distinct prompts "
+            "(per_device_train_batch_size x gradient_accumulation_steps / num_generations)",
+        )
+    log.info("%d GRPO prompts x %d generations", len(tasks), p.grpo.num_generations)
 
-    # -- save the adapter, tokenizer and lineage
-    with atomic_path(args.out, directory=True) as tmp:
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        trainer.processing_class.save_pretrained(str(tmp))
-        lineage.write(tmp, lineage.record("grpo", used, [args.tasks, args.policy]))
+    # -- 3. model and trainer, over this run's checkpoint folder (resumed when one exists)
+    run = TrainingRun(
+        "grpo",
+        p.used(),
+        [args.tasks, policy],
+        out=args.out,
+        metrics=args.metrics,
+        live_dir=args.live_dir,
+        checkpoints=args.checkpoints,
+    )
+    trainer = build_trainer(p, tasks, policy, run)
 
-    # -- metrics: final curves, and each reward term's first and last mean
-    history = trainer.state.log_history
+    # -- 4. train
+    history = run.train(trainer)
+
+    # -- 5. save the adapter and the prompts trained on, then metrics and cleanup
+    run.save(trainer.model, trainer.processing_class)
+    write_task_ids(args.prompts_out, tasks)
     metrics: dict[str, Any] = {k.replace("/", "_"): final_log(history, k) for k in CURVES}
     metrics["reward_terms"] = {name: first_last(history, f"rewards/{name}/mean") for name in trainer.reward_func_names}
-    metrics |= {"train_loss": round(result.training_loss, 4), "global_step": trainer.state.global_step}
-    write_json(args.metrics, metrics)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    metrics["prompts"] = len(tasks)
+    run.finish(metrics)
     log.info("grpo: reward terms %s", metrics["reward_terms"])
 
 

@@ -8,8 +8,10 @@ Loads parent + adapter, `merge_and_unload`s, and saves safetensors (sharded abov
 `merge.max_shard_size`), the tokenizer, the generation config, `lineage.json` and a model
 card (README.md) with the lineage back to `base`. Before finishing it reloads the saved
 folder, checks its logits match the unmerged model's and generates from one prompt: a
-model that does not load or produces no tokens fails the stage (seeds/002's post-train
-check). A 4-bit (QLoRA) parent is merged in the compute dtype, never in 4 bits.
+model that does not load or produces no tokens fails the stage ([D4]'s post-train
+check). The parent is always loaded in `model.dtype`, never in 4 bits; when the adapter's
+lineage says it was trained over a 4-bit (QLoRA) parent, the card says so, and that the merge
+went into full-precision weights. A card says QLoRA only then, whatever params say now.
 """
 
 from __future__ import annotations
@@ -20,25 +22,27 @@ import logging
 import torch
 from peft import PeftModel
 
-from bioreasoner.core import lineage
-from bioreasoner.core.io import atomic_path, load_params, run_stage
+from bioreasoner.core import config, lineage
+from bioreasoner.core.config import ModelCfg
+from bioreasoner.core.io import atomic_path, run_stage
 from bioreasoner.modeling.generation import SamplingParams, sample
 from bioreasoner.modeling.models import load_model, load_tokenizer
 
 log = logging.getLogger("merge")
 
+SECTIONS = ("model", "merge")  # = this stage's `params:` in dvc.yaml (merge.versions is not read)
+
 # Largest logit difference tolerated between the unmerged and the reloaded merged model.
 TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.05}
 
 
-def check_reload(folder: str, prompt: str, expected: torch.Tensor, mcfg: dict, max_new_tokens: int) -> str:
+def check_reload(folder: str, prompt: str, expected: torch.Tensor, mcfg: ModelCfg, max_new_tokens: int) -> str:
     """Reload the saved folder, compare its logits on `prompt`, and generate greedily."""
-    trust = bool(mcfg["trust_remote_code"])
-    tokenizer = load_tokenizer(folder, trust_remote_code=trust)
-    model = load_model(folder, trust_remote_code=trust, dtype=mcfg["dtype"])
+    tokenizer = load_tokenizer(folder, trust_remote_code=mcfg.trust_remote_code)
+    model = load_model(folder, trust_remote_code=mcfg.trust_remote_code, dtype=mcfg.dtype)
     got = prompt_logits(model, tokenizer, prompt)
     diff = float((got - expected).abs().max())
-    if diff > TOLERANCE[mcfg["dtype"]]:
+    if diff > TOLERANCE[mcfg.dtype]:
         raise RuntimeError(f"{folder}: reloaded model's logits differ from the unmerged model's by {diff:.3g}")
     messages = [{"role": "user", "content": prompt}]
     text = sample(model, tokenizer, [messages], [0], SamplingParams(temperature=0, max_new_tokens=max_new_tokens))[0]
@@ -56,6 +60,19 @@ def prompt_logits(model, tokenizer, prompt: str) -> torch.Tensor:
     return model(**ids.to(model.device)).logits[0, -1].float().cpu()
 
 
+def qlora_note(adapter_lineage: dict | None, dtype: str) -> list[str]:
+    """The card's note when, and only when, the adapter was trained over a 4-bit parent (its
+    training stage records `loaded_in_4bit`; a sleep adapter is trained over the same parent)."""
+    if not (adapter_lineage or {}).get("loaded_in_4bit"):
+        return []
+    return [
+        "The adapter was trained with QLoRA, over a 4-bit (nf4) copy of the parent held in memory "
+        f"only; it was merged into the parent's {dtype} weights (the parent on disk was never "
+        f"quantized), so this folder holds {dtype} weights and may differ slightly from the 4-bit "
+        "model the adapter was trained with."
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
@@ -65,44 +82,38 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    # -- params
-    params = load_params(args.params)
-    mcfg = params["model"]
-    cfg = {k: v for k, v in params["merge"].items() if k != "versions"}  # another version's entry is not ours
-    trust = bool(mcfg["trust_remote_code"])
+    # -- 1. params: validated before any model or data is touched
+    p = config.load(args.params, sections=SECTIONS)
+    mcfg, cfg = p.model, p.merge
 
-    # -- load parent (in the compute dtype, even when training used a 4-bit parent) + adapter
-    parent = load_model(args.parent, trust_remote_code=trust, dtype=mcfg["dtype"])
+    # -- 2. load parent (in the compute dtype, never in 4 bits) + adapter
+    parent = load_model(args.parent, trust_remote_code=mcfg.trust_remote_code, dtype=mcfg.dtype)
     model = PeftModel.from_pretrained(parent, args.adapter)
-    tokenizer = load_tokenizer(args.adapter, trust_remote_code=trust)
-    expected = prompt_logits(model, tokenizer, cfg["check_prompt"])
+    tokenizer = load_tokenizer(args.adapter, trust_remote_code=mcfg.trust_remote_code)
+    expected = prompt_logits(model, tokenizer, cfg.check_prompt)
 
-    # -- merge
+    # -- 3. merge
     merged = model.merge_and_unload()
-    notes = []
-    if mcfg["quantization"] == "4bit":
-        notes.append(
-            f"The adapter was trained against a 4-bit (QLoRA) parent; it was merged into the parent "
-            f"dequantized to {mcfg['dtype']}, so this folder holds {mcfg['dtype']} weights."
-        )
+    notes = qlora_note(lineage.read(args.adapter), mcfg.dtype)
 
-    # -- save weights, tokenizer, generation config, lineage, card; then reload and check
+    # -- 4. save weights, tokenizer, generation config, lineage, card; then reload and check
     record = {
         "stage": "merge",
         "version": args.version,
-        "params": {"model": mcfg, "merge": cfg},
+        # merge.versions is left out: another version's entry is not this one's lineage
+        "params": {"model": mcfg.model_dump(mode="json"), "merge": cfg.model_dump(mode="json", exclude={"versions"})},
         "inputs": {args.parent: lineage.dvc_md5(args.parent), args.adapter: lineage.dvc_md5(args.adapter)},
         "parent": {"path": args.parent, "lineage": lineage.read(args.parent)},
         "adapter": {"path": args.adapter, "lineage": lineage.read(args.adapter)},
     }
     with atomic_path(args.out, directory=True) as tmp:
-        merged.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=cfg["max_shard_size"])
+        merged.save_pretrained(str(tmp), safe_serialization=True, max_shard_size=cfg.max_shard_size)
         tokenizer.save_pretrained(str(tmp))
         lineage.write(tmp, record)
         metrics_path = f"metrics/eval/{args.version}.json"
         card = lineage.model_card(args.version, record, eval_metrics_path=metrics_path, notes=notes)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        check_reload(str(tmp), cfg["check_prompt"], expected, mcfg, cfg["check_max_new_tokens"])
+        check_reload(str(tmp), cfg.check_prompt, expected, mcfg, cfg.check_max_new_tokens)
     log.info("merged %s + %s -> %s", args.parent, args.adapter, args.out)
 
 

@@ -29,7 +29,7 @@ MIXED = [
     [0.70, 0.60],  # grpo: qa up, gap down
     [0.60, 0.40],  # sleep: both below their best
 ]
-# Seed 001's own convention: task j learned at boundary j (learned_at = [0, 1, 2]); a GEM-style lower triangle.
+# The CLS MVP's own convention [D8]: task j learned at boundary j (learned_at = [0, 1, 2]); a GEM-style lower triangle.
 SEED = [
     [0.90, 0.10, 0.00],
     [0.70, 0.80, 0.20],
@@ -49,7 +49,7 @@ SEED = [
         (MIXED, None, 0.5, 0.25, -0.15, 0.6125),
         # same with learned_at given explicitly as all zeros: identical
         (MIXED, [0, 0], 0.5, 0.25, -0.15, 0.6125),
-        # seed 001 convention, final boundary i=2: seen j<=2, avg (.6+.7+.9)/3 = .7333..
+        # the MVP's convention, final boundary i=2: seen j<=2, avg (.6+.7+.9)/3 = .7333..
         # prior j<2: forgetting = ((max(.9,.7)-.6) + (max(.1,.8)-.7)) / 2 = (.3 + .1) / 2 = .2
         # bwt = ((.6-.9) + (.7-.8)) / 2 = -.2  (= GEM's 1/(T-1) sum R_{T,i} - R_{i,i})
         # trajectory .9, (.7+.8)/2 = .75, .7333.. -> auc = ((.9+.75)/2 + (.75+.7333..)/2) / 2 = .78333..

@@ -16,9 +16,10 @@ from bioreasoner.modeling.models import load_model, load_tokenizer
 from tests.conftest import run_stage
 
 
-def make_adapter(model_dir, out, *, zero_head: bool = False):
+def make_adapter(model_dir, out, *, zero_head: bool = False, loaded_in_4bit: bool | None = None):
     """A LoRA adapter with random (non-zero) weights, as if trained; `zero_head` collapses the
-    output layer so every logit is 0 and greedy decoding emits token 0, <|endoftext|>, a stop token."""
+    output layer so every logit is 0 and greedy decoding emits token 0, <|endoftext|>, a stop token.
+    `loaded_in_4bit` is what its lineage says about the parent it was trained over."""
     model = load_model(model_dir)
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     cfg.modules_to_save = ["lm_head"]
@@ -28,13 +29,18 @@ def make_adapter(model_dir, out, *, zero_head: bool = False):
         torch.nn.init.zeros_(head.weight)
     peft_model.save_pretrained(out)
     load_tokenizer(model_dir).save_pretrained(out)
-    lineage.write(out, lineage.record("sft", {"sft": {"learning_rate": 0.1}}, []))
+    record = lineage.record("sft", {"sft": {"learning_rate": 0.1}}, [])
+    if loaded_in_4bit is not None:
+        record["loaded_in_4bit"] = loaded_in_4bit
+    lineage.write(out, record)
     return out
 
 
 def merge(project, parent, adapter, quantization="none"):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"]["quantization"] = quantization
+    if quantization == "4bit":
+        params["model"]["dtype"] = "bfloat16"  # QLoRA computes in bf16/fp16 (float32 is refused)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     return run_stage(
         project,
@@ -88,7 +94,7 @@ def test_merged_folder_reloads_equal_to_parent_plus_adapter(project, tiny_base, 
     assert card.startswith("---\n") and "library_name: transformers" in card
     assert lineage.dvc_md5(adapter) in card and "learning_rate: 0.1" in card
     assert "metrics/eval/t.json" in card
-    assert "dequantized" not in card
+    assert "QLoRA" not in card
     assert "reload check" in res.stderr
 
 
@@ -104,9 +110,15 @@ def test_model_that_produces_no_tokens_fails_the_stage(project, tiny_base, tmp_p
 
 
 @pytest.mark.slow
-def test_four_bit_parent_is_merged_dequantized_and_the_card_says_so(project, tiny_base, tmp_path):
+def test_card_says_qlora_only_when_the_adapter_was_trained_over_a_4bit_parent(project, tiny_base, tmp_path):
     parent, _ = tiny_base
-    res = merge(project, parent, make_adapter(parent, tmp_path / "adapter"), quantization="4bit")
+    # trained over a 4-bit parent (its lineage says so), merged with today's params (none)
+    res = merge(project, parent, make_adapter(parent, tmp_path / "qlora", loaded_in_4bit=True))
     assert res.returncode == 0, res.stderr[-3000:]
     card = (project / "models/merged/t/README.md").read_text()
-    assert "dequantized to float32" in card
+    assert "QLoRA" in card and "float32 weights" in card
+    # params now say 4bit, but this adapter was trained in full precision: no QLoRA claim
+    res = merge(project, parent, make_adapter(parent, tmp_path / "full", loaded_in_4bit=False), quantization="4bit")
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = (project / "models/merged/t/README.md").read_text()
+    assert "QLoRA" not in card and "4-bit" not in card

@@ -14,23 +14,25 @@ import time
 import pytest
 import yaml
 
+from bioreasoner.core import config
 from bioreasoner.core.records import Candidate
 from bioreasoner.modeling.generation import check_backend
-from bioreasoner.training.rounds import deep_merge, dpo_config, select_prompts
+from bioreasoner.training.rounds import select_prompts
 from tests.conftest import DVC, ROOT, run_stage
+from tests.params_edit import params_data, stage_params, tmp_run
 from tests.tiny import load_stage, make_task
 
 
 def test_round_dpo_overrides_merge_key_by_key():
-    params = {
-        "dpo": {"beta": 0.1, "lora": {"r": 16, "alpha": 32}},
-        "rounds": {"r": {"mode": "distill", "dpo": {"lora": {"r": 32}}}},
-    }
-    assert dpo_config(params, "r") == {"beta": 0.1, "lora": {"r": 32, "alpha": 32}}
-    assert params["dpo"]["lora"]["r"] == 16  # defaults untouched
-    assert deep_merge({"a": 1}, {}) == {"a": 1}
-    with pytest.raises(ValueError, match="rounds has no entry 'x'"):
-        dpo_config(params, "x")
+    def edit(params):
+        params["rounds"]["v2_1"]["dpo"] = {"lora": {"r": 32}, "beta": 0.2}
+
+    p = config.validate(params_data(edit))
+    merged = p.round_dpo("v2_1")
+    assert merged.lora.r == 32 and merged.lora.alpha == p.dpo.lora.alpha  # nested keys merge one by one
+    assert merged.beta == 0.2 and merged.learning_rate == p.dpo.learning_rate
+    assert p.dpo.lora.r == 16 and p.dpo.beta == 0.1  # the shared section is untouched
+    assert p.round_dpo("v2_0") == p.dpo  # no overrides: the shared settings
 
 
 def test_select_prompts_is_seeded_per_round_and_keeps_file_order():
@@ -211,13 +213,43 @@ def test_dpo_reference_is_the_policy_with_adapter_disabled(tiny_base, tmp_path):
     from bioreasoner.training.pairs import distill_pair
 
     policy, tasks = tiny_base
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg = dpo_config(params, "v2_0") | {"max_steps": 2, "batch_size": 2, "logging_steps": 1}
+    dpo = load_stage("dpo")
+    p = stage_params(dpo)
+    cfg = p.round_dpo("v2_0").model_copy(update={"max_steps": 2, "per_device_train_batch_size": 2, "logging_steps": 1})
     pairs = [
         distill_pair(t, [Candidate(task_id=t.id, sample=0, seed=0, text="no idea", score=2.0)], 8.0) for t in tasks
     ]
-    trainer = load_stage("dpo").build_trainer(params, cfg, pairs, str(policy), str(tmp_path / "ckpt"))
+    trainer = dpo.build_trainer(p, cfg, pairs, str(policy), tmp_run(tmp_path))
     assert trainer.ref_model is None and isinstance(trainer.model, PeftModel)  # no second copy in memory
     trainer.train()
     logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
     assert logged and all(k in logged[-1] for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies"))
+
+
+@pytest.mark.slow
+def test_dpo_without_pairs_is_a_recorded_no_op(tiny_base, tmp_path, monkeypatch):
+    """No pairs (an underpowered round): an untrained adapter, so the round's model equals its
+    policy, metrics that say so, and an empty curves folder; the stage succeeds."""
+    policy, _ = tiny_base
+    (tmp_path / "pairs.jsonl").write_text("")
+    (tmp_path / "live/plots").mkdir(parents=True)  # an earlier run's curves: this run trained nothing
+    args = ["--round", "v2_0", "--policy", str(policy), "--pairs", "pairs.jsonl", "--out", "adapter"]
+    args += [
+        "--metrics",
+        "dpo.json",
+        "--live-dir",
+        "live",
+        "--checkpoints",
+        "ckpt",
+        "--params",
+        str(ROOT / "params.yaml"),
+    ]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["dpo.py", *args])
+    load_stage("dpo").main()
+    metrics = json.loads((tmp_path / "dpo.json").read_text())
+    assert metrics == {"pairs": 0, "trained": False, "underpowered": True, "global_step": 0}
+    assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
+    record = json.loads((tmp_path / "adapter/lineage.json").read_text())
+    assert record["stage"] == "dpo@v2_0 (no pairs: untrained)" and set(record["params"]["rounds"]) == {"v2_0"}
+    assert (tmp_path / "live").is_dir() and not list((tmp_path / "live").iterdir())

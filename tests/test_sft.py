@@ -1,23 +1,23 @@
-"""SFT: the batch the stage trains on supervises the response only (seeds/002), and
-QLoRA without CUDA fails with a clear message."""
+"""SFT: the batch the stage trains on supervises the response only [D4], and the
+supervised share is logged every step. (QLoRA loading: tests/test_qlora.py.)"""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from bioreasoner.training.common import check_quantization
-from tests.conftest import ROOT
+from tests.params_edit import stage_params, tmp_run
 from tests.tiny import load_stage
 
 
-def test_prompt_tokens_are_never_supervised(tiny_base, tmp_path):
-    import yaml
+def sft_params(sft, **changes):
+    return stage_params(sft, lambda d: d["sft"].update(changes))
 
+
+def test_prompt_tokens_are_never_supervised(tiny_base, tmp_path):
     model_dir, tasks = tiny_base
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["sft"].update(batch_size=len(tasks), max_steps=1)
-    trainer = load_stage("sft").build_trainer(params, tasks, str(model_dir), str(tmp_path / "ckpt"))
+    sft = load_stage("sft")
+    p = sft_params(sft, per_device_train_batch_size=len(tasks), max_steps=1)
+    trainer = sft.build_trainer(p, tasks, str(model_dir), tmp_run(tmp_path))
     tok = trainer.processing_class
     batch = next(iter(trainer.get_train_dataloader()))
     by_text = {t.reference: t for t in tasks}
@@ -41,21 +41,10 @@ def test_prompt_tokens_are_never_supervised(tiny_base, tmp_path):
 
 
 def test_supervised_fraction_is_logged_and_below_one(tiny_base, tmp_path):
-    import yaml
-
     model_dir, tasks = tiny_base
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["sft"].update(batch_size=3, max_steps=2, logging_steps=1, warmup_steps=0)
-    trainer = load_stage("sft").build_trainer(params, tasks, str(model_dir), str(tmp_path / "ckpt"))
+    sft = load_stage("sft")
+    p = sft_params(sft, per_device_train_batch_size=3, max_steps=2, logging_steps=1, warmup_steps=0)
+    trainer = sft.build_trainer(p, tasks, str(model_dir), tmp_run(tmp_path))
     trainer.train()
     fractions = [h["supervised_token_fraction"] for h in trainer.state.log_history if "loss" in h]
     assert len(fractions) == 2 and all(0 < f < 1 for f in fractions)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_qlora_without_cuda_says_so():
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-        check_quantization("4bit")
-    with pytest.raises(ValueError, match="'none' or '4bit'"):
-        check_quantization("8bit")
-    check_quantization("none")  # the CPU default passes

@@ -2,20 +2,31 @@
 
 Safetensors only; `trust_remote_code` only when a param says so; `HF_HUB_OFFLINE=1` is
 honoured by huggingface_hub itself (we log it so an offline failure is easy to read).
+
+`model.quantization: 4bit` is QLoRA: training stages load the frozen parent in 4-bit nf4
+(double quantization, computing in `model.dtype`) and prepare it for k-bit training before
+the LoRA adapter goes on (Dettmers et al., 2023). Inference stages (generation, eval, merge)
+always load the full-precision weights: a merged model is never 4-bit.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+if TYPE_CHECKING:
+    from bioreasoner.core.config import ModelCfg
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATION = ("none", "4bit")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -24,16 +35,75 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def check_quantization(mode: str) -> None:
+    """QLoRA needs CUDA and bitsandbytes; say so plainly instead of failing deep in a kernel."""
+    if mode == "none":
+        return
+    if mode != "4bit":
+        raise ValueError(f"model.quantization must be 'none' or '4bit', got {mode!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("model.quantization: 4bit (QLoRA) needs a CUDA GPU; none is available. Use 'none'.")
+    try:
+        importlib.import_module("bitsandbytes")
+    except ImportError as err:
+        raise RuntimeError("model.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'") from err
+
+
+def quantization_config(mode: str, dtype: str) -> Any:
+    """The `BitsAndBytesConfig` for `mode` (None for 'none'): QLoRA's nf4 with double
+    quantization, computing in `dtype` (bfloat16 or float16; config.py refuses float32)."""
+    if mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # normal-float 4: the QLoRA data type for normally distributed weights
+        bnb_4bit_use_double_quant=True,  # quantize the quantization constants too (~0.4 bit/param saved)
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+    )
+
+
 def load_tokenizer(name: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str | Path, *, trust_remote_code: bool = False, dtype: str = "float32") -> PreTrainedModel:
+def load_model(
+    name: str | Path, *, trust_remote_code: bool = False, dtype: str = "float32", quantization: str = "none"
+) -> PreTrainedModel:
+    """A causal LM from a folder or hub id; `quantization='4bit'` loads it through bitsandbytes
+    (checked first: CUDA and the package must be there)."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         log.info("HF_HUB_OFFLINE=1: loading %s from local files only", name)
+    check_quantization(quantization)
+    kwargs: dict[str, Any] = {}
+    if quantization != "none":
+        kwargs["quantization_config"] = quantization_config(quantization, dtype)
+        log.info("loading %s in 4-bit nf4 (QLoRA), computing in %s", name, dtype)
     return AutoModelForCausalLM.from_pretrained(
-        str(name), trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype), use_safetensors=True
+        str(name), trust_remote_code=trust_remote_code, dtype=torch_dtype(dtype), use_safetensors=True, **kwargs
     )
+
+
+def load_for_training(name: str | Path, cfg: ModelCfg, *, gradient_checkpointing: bool = False) -> PreTrainedModel:
+    """The parent a LoRA adapter trains over, as `model:` says: full precision, or 4-bit and
+    prepared for k-bit training (norms in float32, input grads on, gradient checkpointing
+    non-reentrant: reentrant checkpointing + LoRA loses gradients [D9])."""
+    model = load_model(name, trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype, quantization=cfg.quantization)
+    if cfg.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    return model
+
+
+def is_4bit(model: Any) -> bool:
+    """Whether `model` (or the model under a peft wrapper) holds 4-bit weights."""
+    return bool(getattr(model, "is_loaded_in_4bit", False))
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: str | Path) -> None:

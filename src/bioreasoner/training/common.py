@@ -1,6 +1,10 @@
-"""Pieces every training stage shares: LoRA config, resumable checkpoints, DVCLive logging,
-the supervised-token guard and the quantization check. No wrapper around the trainers:
-stages build TRL trainers themselves and use these helpers for what repeats."""
+"""Checkpoint bookkeeping shared by every resumable stage (training and generation alike):
+a run's fingerprint, its checkpoint folder and the last checkpoint written in full.
+
+Training stages use these through `bioreasoner.training.lifecycle.TrainingRun`; stages that
+resume without a Trainer (generate_candidates) use them directly. Kept free of torch and
+TRL imports so that such stages stay light.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +12,16 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import LoraConfig
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 log = logging.getLogger(__name__)
 
-
-def lora_config(cfg: dict[str, Any]) -> LoraConfig:
-    return LoraConfig(
-        r=cfg["r"],
-        lora_alpha=cfg["alpha"],
-        lora_dropout=cfg["dropout"],
-        target_modules=list(cfg["target_modules"]),
-        # The tiny base starts from random embeddings, which LoRA cannot move: train them in full.
-        modules_to_save=list(cfg.get("modules_to_save") or []) or None,
-        task_type="CAUSAL_LM",
-    )
-
-
-def check_quantization(mode: str) -> None:
-    """QLoRA needs CUDA and bitsandbytes; say so plainly instead of failing deep in a kernel."""
-    if mode == "none":
-        return
-    if mode != "4bit":
-        raise ValueError(f"model.quantization must be 'none' or '4bit', got {mode!r}")
-    if not torch.cuda.is_available():
-        raise RuntimeError("model.quantization: 4bit (QLoRA) needs a CUDA GPU; none is available. Use 'none'.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise RuntimeError("model.quantization: 4bit needs bitsandbytes: pip install -e '.[cuda]'") from err
+# What a checkpoint holds once the Trainer has finished writing it (trainer_state.json comes last).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 def fingerprint(params: Any, files: Iterable[str | Path]) -> str:
@@ -76,10 +54,6 @@ def checkpoint_dir(root: str | Path, key: str) -> tuple[Path, str | None]:
     return out, last
 
 
-# What a checkpoint holds once the Trainer has finished writing it (trainer_state.json comes last).
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-
-
 def last_complete_checkpoint(folder: Path) -> str | None:
     """The newest checkpoint written in full. A kill mid-save leaves a partial folder that
     `Trainer` cannot load (measured in tests/test_sft_resume.py): drop it, use the one before."""
@@ -88,61 +62,4 @@ def last_complete_checkpoint(folder: Path) -> str | None:
             return last
         log.warning("removing incomplete checkpoint %s", last)
         shutil.rmtree(last)
-    return None
-
-
-class SupervisedFraction:
-    """Wraps a collator and remembers the share of tokens that carry a label (not -100).
-
-    A fraction near 1.0 means prompt tokens are being trained on: the seeds/002 bug.
-    """
-
-    def __init__(self, collator: Callable[[list[Any]], dict[str, Any]]):
-        self.collator = collator
-        self.supervised = 0
-        self.total = 0
-        self.last: float | None = None
-
-    def __call__(self, examples: list[Any]) -> dict[str, Any]:
-        batch = self.collator(examples)
-        attn = batch.get("attention_mask")
-        self.total += int(attn.sum()) if attn is not None else batch["labels"].numel()
-        self.supervised += int((batch["labels"] != -100).sum())
-        return batch
-
-    def pop(self) -> float | None:
-        """The fraction over batches collated since the last call. The dataloader collates one
-        batch ahead, so a window can be empty: then the previous value stands."""
-        if self.total:
-            self.last = self.supervised / self.total
-        self.supervised = self.total = 0
-        return self.last
-
-
-class LogSupervisedFraction(TrainerCallback):
-    """Adds `supervised_token_fraction` to every log line (and so to DVCLive)."""
-
-    def __init__(self, counter: SupervisedFraction):
-        self.counter = counter
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        frac = self.counter.pop()
-        if logs is not None and frac is not None and "loss" in logs:
-            logs["supervised_token_fraction"] = round(frac, 4)  # DVCLive's callback reads this dict
-            state.log_history[-1]["supervised_token_fraction"] = logs["supervised_token_fraction"]
-
-
-def dvclive_callback(directory: str | Path, resume: bool) -> TrainerCallback:
-    """DVCLive logging into `directory`; plots are declared in dvc.yaml, not written by DVCLive."""
-    from dvclive import Live
-    from transformers.integrations import DVCLiveCallback
-
-    return DVCLiveCallback(live=Live(str(directory), resume=resume, dvcyaml=None, save_dvc_exp=False))
-
-
-def final_log(log_history: list[dict[str, Any]], key: str) -> float | None:
-    """The last value of `key` the trainer logged."""
-    for entry in reversed(log_history):
-        if key in entry:
-            return entry[key]
     return None

@@ -1,11 +1,11 @@
 """Continual-learning metrics and the sleep-pressure scheduler of the cls_sleep stage.
 
-Pure functions on plain lists (no torch). Definitions follow the continual-learning MVP [D8] (the "BioLLM CLS MVP"
-README, section "Continual Metrics Definitions (Task-Boundary Metrics)") wherever it gives
-one; where it is silent the choice is stated below.
+Pure functions on plain lists (no torch). Definitions follow the continual-learning MVP [D8]
+(its "Continual Metrics Definitions (Task-Boundary Metrics)") wherever it gives one; where it
+is silent the choice is stated below.
 
 Task matrix (the MVP)
-----------------------
+---------------------
 ``A[i][j]`` is the token accuracy, and ``L[i][j]`` the token loss, on the held-out
 references of task j measured after boundary i. Rows are boundaries in time order (in this
 pipeline ``parent``, ``grpo``, ``sleep``), columns are task types (``qa``,
@@ -15,7 +15,7 @@ dropped from the matrix, not filled with 0.
 
 What "seen" means (generalisation, our choice)
 ----------------------------------------------
-Seed 001 trains one new task per boundary, so task j is learned at boundary j and its
+The MVP trains one new task per boundary, so task j is learned at boundary j and its
 formulas range over ``j <= i`` (seen) and ``j < i`` (prior). We generalise with
 ``learned_at[j]``, the boundary index at which task j was first learned:
 
@@ -50,8 +50,8 @@ Summary metrics
   value at the last boundary (the MVP).
 - ``seen_acc_auc`` (the MVP): trapezoidal area under the seen_acc_avg trajectory over
   boundary indices 0..n-1, divided by the number of intervals n-1:
-  ``sum_{i=0}^{n-2} (y_i + y_{i+1}) / 2 / (n - 1)``. With a single boundary (no interval; seed
-  001 is silent) it is ``y_0``, the area-normalised value of a constant trajectory.
+  ``sum_{i=0}^{n-2} (y_i + y_{i+1}) / 2 / (n - 1)``. With a single boundary (no interval; the
+  MVP is silent) it is ``y_0``, the area-normalised value of a constant trajectory.
 - ``non_finite_step_count`` (the MVP): the number of distinct training steps whose tracked
   scalar metrics contained NaN or +-Inf; ``first_non_finite_step`` is the first such step or
   -1 (the MVP).
@@ -61,7 +61,7 @@ Summary metrics
   pseudo samples, else ``replay_only``.
 
 Sleep-pressure scheduler (the MVP names the signals but gives no formula; our choice)
---------------------------------------------------------------------------------------
+-------------------------------------------------------------------------------------
 Signals: saturation s (norm of the GRPO adapter), novelty v (teacher-vs-parent KL on replay)
 and forgetting f (drop in replay token accuracy, before minus after). Each is normalised by
 its reference scale and clipped to [0, 1]:
@@ -74,7 +74,7 @@ so a negative signal (e.g. replay accuracy went up) counts as 0, a signal at or 
 reference counts as 1, and steps rounds half up (not Python's round-half-to-even). The
 result always lies in [min_sleep_steps, max_sleep_steps]. Non-finite signals are rejected.
 
-References: the MVP (BioLLM CLS MVP README); D. Lopez-Paz and M. Ranzato, "Gradient Episodic
+References: the continual-learning MVP [D8]; D. Lopez-Paz and M. Ranzato, "Gradient Episodic
 Memory for Continual Learning", NeurIPS 2017; A. Chaudhry et al., "Riemannian Walk for
 Incremental Learning: Understanding Forgetting and Intransigence", ECCV 2018.
 """
@@ -155,7 +155,7 @@ def prior_tasks(learned_at: Sequence[int], boundary: int) -> list[int]:
 
 
 def seen_acc_avg(A: Matrix, learned_at: Sequence[int] | None = None, boundary: int = -1) -> float:
-    """seen_acc_avg_i = mean(A[i][j] for j in S_i) at `boundary` (default: the last). Seed 001."""
+    """seen_acc_avg_i = mean(A[i][j] for j in S_i) at `boundary` (default: the last). The MVP's."""
     a = _check_matrix(A)
     la = _check_learned_at(learned_at, len(a[0]))
     i = _boundary_index(boundary, len(a))
@@ -163,7 +163,7 @@ def seen_acc_avg(A: Matrix, learned_at: Sequence[int] | None = None, boundary: i
 
 
 def seen_loss_avg(L: Matrix, learned_at: Sequence[int] | None = None, boundary: int = -1) -> float:
-    """seen_loss_avg_i = mean(L[i][j] for j in S_i) at `boundary` (default: the last). Seed 001."""
+    """seen_loss_avg_i = mean(L[i][j] for j in S_i) at `boundary` (default: the last). The MVP's."""
     m = _check_matrix(L, "L")
     la = _check_learned_at(learned_at, len(m[0]))
     i = _boundary_index(boundary, len(m))
@@ -173,7 +173,7 @@ def seen_loss_avg(L: Matrix, learned_at: Sequence[int] | None = None, boundary: 
 def forgetting(A: Matrix, learned_at: Sequence[int] | None = None, boundary: int = -1) -> float:
     """forgetting_i = mean(max_{k<=i-1} A[k][j] - A[i][j] for j in P_i); 0 when P_i is empty.
 
-    Seed 001's definition (with j < i generalised to P_i), identical to Chaudhry et al. 2018.
+    The MVP's definition (with j < i generalised to P_i), identical to Chaudhry et al. 2018.
     Higher is worse; a negative value means the prior tasks are better now than ever before.
     """
     a = _check_matrix(A)
@@ -188,7 +188,7 @@ def forgetting(A: Matrix, learned_at: Sequence[int] | None = None, boundary: int
 def bwt(A: Matrix, learned_at: Sequence[int] | None = None, boundary: int = -1) -> float:
     """bwt_i = mean(A[i][j] - A[learned_at[j]][j] for j in P_i); 0 when P_i is empty.
 
-    Seed 001's definition (A[j][j] generalised to A[learned_at[j]][j]), i.e. GEM's backward
+    The MVP's definition (A[j][j] generalised to A[learned_at[j]][j]), i.e. GEM's backward
     transfer (Lopez-Paz & Ranzato 2017). Positive: old tasks improved; negative: they degraded.
     """
     a = _check_matrix(A)
@@ -213,7 +213,7 @@ def trajectory_auc(ys: Sequence[float]) -> float:
 
 
 def seen_acc_auc(A: Matrix, learned_at: Sequence[int] | None = None) -> float:
-    """Seed 001's seen_acc_auc: `trajectory_auc` of seen_acc_avg_i over all boundaries i."""
+    """The MVP's seen_acc_auc: `trajectory_auc` of seen_acc_avg_i over all boundaries i."""
     a = _check_matrix(A)
     return trajectory_auc([seen_acc_avg(a, learned_at, i) for i in range(len(a))])
 
@@ -302,7 +302,7 @@ def non_finite_steps(history: Iterable[Mapping[str, Any]], step_key: str = "step
 def sleep_batch_metrics(
     *, replay_batch_size: int, pseudo_batch_size: int, fisher_replay_samples: int, fisher_pseudo_samples: int
 ) -> dict[str, Any]:
-    """Seed 001's sleep-stage batch and Fisher observability metrics.
+    """The MVP's sleep-stage batch and Fisher observability metrics.
 
     ``sleep_mix_ratio_pseudo = pseudo / (replay + pseudo)``; ``fisher_source_mode`` is
     ``mixed_replay_pseudo`` when Fisher used pseudo samples, else ``replay_only``.

@@ -1,4 +1,4 @@
-"""DPO preference pairs from scored candidates (seeds/000 entries 1 and 3), as pure functions.
+"""DPO preference pairs from scored candidates [D1, D5], as pure functions.
 
 Scores are `Candidate.score` = logic + novelty (2-10) from the primary judge.
 

@@ -1,4 +1,4 @@
-"""The pieces of sleep consolidation (seeds/001, "CLS"): teacher-forced token statistics,
+"""The pieces of sleep consolidation ("CLS", [D8]): teacher-forced token statistics,
 distillation KL, the diagonal Fisher and its EWC penalty, and the adapter-norm signal.
 
 Here the fast learner ("hippocampus") is the GRPO LoRA adapter and the slow weights
@@ -7,7 +7,8 @@ Here the fast learner ("hippocampus") is the GRPO LoRA adapter and the slow weig
 So no second copy of the weights is ever in memory.
 
 A *row* is a (prompt messages, response text) pair; statistics and losses cover the response
-tokens only (the prompt is context, never a target: seeds/002).
+tokens only (the prompt is context, never a target: [D4]). `consolidate` is the sleep
+itself: the student adapter distils the teacher on a mix of rows under an EWC penalty.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bioreasoner.modeling.generation import render_prompt
@@ -155,3 +157,48 @@ def adapter_norm(model: torch.nn.Module, adapter: str) -> float:
             b = module.lora_B[adapter].weight.detach()
             total += float(((b @ a) * module.scaling[adapter]).pow(2).sum())
     return total**0.5
+
+
+@dataclass
+class SleepResult:
+    kls: list[float]  # distillation KL of each step that updated the student
+    non_finite: int  # steps skipped because the loss was NaN or infinite
+
+
+def consolidate(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    mix: Sequence[Row],
+    *,
+    steps: int,
+    batch_size: int,
+    max_length: int,
+    temperature: float,
+    learning_rate: float,
+    ewc_lambda: float,
+    fisher: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+) -> SleepResult:
+    """`steps` AdamW steps of the `student` adapter toward the `teacher` adapter's token
+    distributions on `mix` (cycled in order), loss = KL x T^2 + lambda / 2 x EWC. A step whose
+    loss is not finite is skipped and counted rather than allowed to poison the adapter."""
+    opt = torch.optim.AdamW(trainable(model).values(), lr=learning_rate)
+    out = SleepResult(kls=[], non_finite=0)
+    for step in tqdm(range(steps), desc="sleep", unit="step"):
+        rows = [mix[(step * batch_size + k) % len(mix)] for k in range(batch_size)]
+        b = encode(tokenizer, rows, max_length)
+        with torch.no_grad():
+            model.set_adapter("teacher")
+            t = logits(model, b)
+        model.set_adapter("student")
+        s = logits(model, b)
+        kl = distill_kl(t, s, b.target.to(s.device), temperature)
+        loss = kl + ewc_lambda / 2 * ewc_penalty(model, fisher, anchor).to(kl.device)
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            out.non_finite += 1
+            continue
+        loss.backward()
+        opt.step()
+        out.kls.append(kl.item())
+    return out
