@@ -19,11 +19,12 @@ from pathlib import Path
 from bioreasoner.core import config
 from bioreasoner.core.io import read_jsonl, run_stage, write_json, write_jsonl
 from bioreasoner.core.records import Paper, Source, Task
+from bioreasoner.core.safety import neutralise_paper
 from bioreasoner.tasks.excerpt import excerpt
 from bioreasoner.tasks.grouping import group_by_mesh
 from bioreasoner.tasks.prompts import INSTRUCTIONS, cross_messages, qa_messages
 from bioreasoner.tasks.split import assert_no_leakage, read_test_pmids
-from bioreasoner.tasks.teacher import cross_reference, qa_reference, think_text
+from bioreasoner.tasks.teacher import cross_reference, qa_reference, reference_problems
 
 log = logging.getLogger("build_triplets")
 SECTIONS = ("seed", "split", "build_triplets")  # the params this stage declares in dvc.yaml
@@ -32,6 +33,9 @@ CROSS_TYPES = tuple(INSTRUCTIONS)
 
 def make_tasks(papers: list[Paper], cfg: dict, seed: int) -> list[Task]:
     """All tasks over one pool of papers (the train pool or the test pool)."""
+    # Corpus text is data, never markup: chat tokens, think tags and PMID-like strings are
+    # neutralised here, once, before any of it becomes a Source, a prompt or a reference.
+    papers = [neutralise_paper(p) for p in papers]
     min_think, budget = cfg["min_think_chars"], cfg["max_source_chars"]
     shown = {p.pmid: excerpt(p, budget) for p in papers}
     sources = {p.pmid: Source(pmid=p.pmid, title=p.title, text=shown[p.pmid].text) for p in papers}
@@ -97,8 +101,12 @@ def main() -> None:
     # -- build tasks per pool; the split holds by construction, and we check it anyway
     train, test = make_tasks(train_papers, cfg, seed), make_tasks(test_papers, cfg, seed)
     assert_no_leakage(train, test_pmids)
-    short = [t.id for t in train + test if len(think_text(t.reference)) < cfg["min_think_chars"]]
-    assert not short, f"teacher produced think blocks under min_think_chars: {short[:3]}"
+    broken = {}  # the teacher's contract, read by the filter's parser: never stripped by -O
+    for t in train + test:
+        if problems := reference_problems(t.reference, t.source_pmids, cfg["min_think_chars"]):
+            broken[t.id] = problems
+    if broken:
+        raise AssertionError(f"teacher broke its contract in {len(broken)} task(s): {list(broken.items())[:3]}")
 
     # -- write tasks and counts
     out = Path(args.out_dir)

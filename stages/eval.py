@@ -4,7 +4,7 @@
     python stages/eval.py --version sft --model models/merged/sft
 
 Generates with seeded, batched sampling (one seed per task, so any row can be regenerated
-alone), parses every response (`bioreasoner.scoring.parsing`), asks each configured judge for a
+alone), parses every response (`bioreasoner.core.parsing`), asks each configured judge for a
 verdict (the first one is primary), applies the one pass rule (`judges.pass_rule`, the rule
 the filter applies), and writes one readable row per task to `data/eval/V.jsonl` and the
 aggregate metrics (defined in README and `bioreasoner.scoring.eval_metrics`) to
@@ -34,11 +34,11 @@ from bioreasoner.core.io import (
     write_json,
     write_jsonl,
 )
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Paper, Task
 from bioreasoner.scoring.eval_metrics import aggregate, score_response
 from bioreasoner.scoring.filtering import pass_calls
 from bioreasoner.scoring.judge import agreement, build_judges, score_all
-from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger("eval")
 

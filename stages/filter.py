@@ -33,10 +33,10 @@ from bioreasoner.core.io import (
     write_json,
     write_jsonl,
 )
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Candidate, Task
 from bioreasoner.scoring.filtering import REASONS, fail_reasons, pass_calls
 from bioreasoner.scoring.judge import agreement, build_judges, score_all
-from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger("filter")
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from bioreasoner.core.config import PassRule
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Candidate
 from bioreasoner.scoring.eval_metrics import score_response
 from bioreasoner.scoring.filtering import REASONS, fail_reasons, pass_calls
 from bioreasoner.scoring.judge import Verdict
-from bioreasoner.scoring.parsing import parse_response
 from bioreasoner.training.pairs import best_of_n_pairs, distill_pair, pair_metrics
 from tests.conftest import ROOT, loopback, send
 from tests.tiny import make_task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bioreasoner.scoring.parsing import CITATION_RE, find_pmids, parse_response, pmid_mentions
+from bioreasoner.core.parsing import CITATION_RE, find_pmids, parse_response, pmid_mentions
 
 
 @pytest.mark.parametrize(
@@ -134,3 +134,53 @@ def test_same_pmid_twenty_times_is_one_citation_and_twenty_mentions():
 def test_citations_come_from_the_whole_response():
     parsed = parse_response("<think>[PMID:1] says so</think> and [PMID:2] agrees")
     assert parsed.citations == ("1", "2")
+
+
+@pytest.mark.parametrize(
+    ("text", "distinct"),
+    [
+        # full-width brackets, letters, colon and digits (NFKC)
+        ("as shown ［ＰＭＩＤ：１２３４５６７８］", ["12345678"]),
+        # full-width digits only
+        ("[PMID:１２３]", ["123"]),
+        # a zero-width space between the colon and the number
+        ("[PMID:\u200b123]", ["123"]),
+        # zero-width space, non-joiner and joiner inside the word
+        ("P\u200bM\u200cI\u200dD 42", ["42"]),
+        # a soft hyphen inside the number
+        ("[PMID:12\u00ad34]", ["1234"]),
+        # word joiners around the colon, a byte-order mark in front
+        ("\ufeffPMID\u2060:\u206099", ["99"]),
+        # an ideographic space after the colon
+        ("[PMID:\u3000123]", ["123"]),
+        # a full-width comma list
+        ("［PMID: 1， 2］", ["1", "2"]),
+        # Arabic-Indic digits are digits
+        ("(PMID ١٢٣)", ["123"]),
+        # a full-width leading zero is still not a PMID
+        ("[PMID:０１２３]", []),
+        # superscript digits read as digits after NFKC
+        ("PMID ¹²³", ["123"]),
+    ],
+)
+def test_hidden_citations_are_parsed(text, distinct):
+    assert find_pmids(text) == distinct
+    assert list(parse_response(text).citations) == distinct
+
+
+@pytest.mark.parametrize(
+    ("text", "closed", "think", "answer", "decision"),
+    [
+        # full-width angle brackets make real tags
+        ("＜think＞r＜/think＞ Answer: yes", True, "r", "Answer: yes", "yes"),
+        # zero-width characters inside the tags
+        ("<\u200bthink>r</th\u200bink> Answer: no", True, "r", "Answer: no", "no"),
+        # a full-width decision line
+        ("<think>r</think> Ａｎｓｗｅｒ： ｍａｙｂｅ", True, "r", "Answer: maybe", "maybe"),
+        # a zero-width space between the label and the value
+        ("<think>r</think> Answer:\u200b yes", True, "r", "Answer: yes", "yes"),
+    ],
+)
+def test_hidden_tags_and_decisions_are_parsed(text, closed, think, answer, decision):
+    parsed = parse_response(text)
+    assert (parsed.think_closed, parsed.think, parsed.answer, parsed.decision) == (closed, think, answer, decision)

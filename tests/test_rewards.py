@@ -12,10 +12,10 @@ import yaml
 
 from bioreasoner.core import config
 from bioreasoner.core.config import PassRule, RewardsCfg
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Task
 from bioreasoner.scoring.filtering import fail_reasons
 from bioreasoner.scoring.judge import Verdict
-from bioreasoner.scoring.parsing import parse_response
 from bioreasoner.scoring.rewards import (
     REWARDS,
     build_rewards,

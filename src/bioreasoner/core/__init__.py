@@ -1,3 +1,3 @@
-"""Core family: reading and writing (io), record schemas, typed params, text helpers, lineage.
+"""Core family: io, record schemas, typed params, text and safety helpers, response parsing, lineage.
 
 Every stage depends on this package; it imports nothing heavier than pydantic and yaml."""

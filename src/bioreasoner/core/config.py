@@ -499,6 +499,8 @@ class StageParams:
     so it raises instead of quietly returning a value.
     """
 
+    _DERIVED: ClassVar[dict[str, tuple[str, ...]]] = {"round_dpo": ("dpo", "rounds"), "grpo_policy": ("merge",)}
+
     def __init__(self, params: Params, sections: Iterable[str]):
         self._params = params
         self._sections = tuple(sections)
@@ -509,8 +511,12 @@ class StageParams:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        if name not in self._sections and name not in ("round_dpo", "grpo_policy"):
-            raise AttributeError(f"params section {name!r} is not declared by this stage (declares {self._sections})")
+        needs = self._DERIVED.get(name, (name,))
+        missing = [s for s in needs if s not in self._sections]
+        if missing:
+            raise AttributeError(
+                f"params section {missing[0]!r} is not declared by this stage (declares {self._sections})"
+            )
         return getattr(self._params, name)
 
     def used(self) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import re
 import unicodedata
 
 _WS = re.compile(r"\s+")
+# Split after ., ! or ? before a capital, digit or bracket. Linear: it runs on `clean`ed
+# text, where every whitespace run is one space, and the lookbehind is one character.
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
 

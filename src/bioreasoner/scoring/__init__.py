@@ -1,1 +1,1 @@
-"""Scoring family: response parsing, judges, rewards, filter rules and eval metrics."""
+"""Scoring family: judges, rewards, the pass rule and eval metrics."""

@@ -1,7 +1,7 @@
 """Per-response scores and the aggregate eval metrics, with their exact definitions.
 
 Per response (`score_response`), with `cited` the distinct PMIDs the response cites
-(see `bioreasoner.scoring.parsing`):
+(see `bioreasoner.core.parsing`):
 
 - grounded = cited PMIDs that are among the task's sources; hallucinated = cited PMIDs
   that are not; fabricated = cited PMIDs absent from the whole corpus (a subset of
@@ -50,10 +50,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from bioreasoner.core.config import PassRule
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Task
 from bioreasoner.scoring.filtering import fail_reasons
 from bioreasoner.scoring.judge import Verdict
-from bioreasoner.scoring.parsing import parse_response
 
 LABELS = ("yes", "no", "maybe")
 

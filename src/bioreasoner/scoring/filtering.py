@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bioreasoner.core.config import PassRule
+from bioreasoner.core.parsing import Parsed
 from bioreasoner.scoring.judge import Verdict
-from bioreasoner.scoring.parsing import Parsed
 
 REASONS = ("missing_think", "unclosed_think", "short_think", "low_score", "judge_error", "hallucinated")
 

@@ -63,9 +63,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from bioreasoner.core.config import OpenAIJudgeCfg, RewardsCfg, RubricJudgeCfg
+from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Task
 from bioreasoner.scoring.judge import Judge, RetryBudget, build_judge
-from bioreasoner.scoring.parsing import parse_response
 
 log = logging.getLogger(__name__)
 

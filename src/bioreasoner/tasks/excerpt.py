@@ -30,15 +30,20 @@ class Excerpt:
 def excerpt(paper: Paper, max_chars: int) -> Excerpt:
     parts = [(s.label, sentences(s.text)) for s in paper.sections] or [("", sentences(paper.abstract))]
     chosen: list[list[str]] = [[] for _ in parts]
+    # Round `depth` visits only the sections that still have a sentence at that depth, so the
+    # work is O(sentences), not O(sections x longest section) (50k empty sections + one long one).
+    live = [i for i, (_, sents) in enumerate(parts) if sents]
     used, depth, added = 0, 0, True
     while added:
         added = False
-        for i, (_, sents) in enumerate(parts):
-            if depth < len(sents) and (used == 0 or used + len(sents[depth]) + 1 <= max_chars):
+        for i in live:
+            sents = parts[i][1]
+            if used == 0 or used + len(sents[depth]) + 1 <= max_chars:
                 chosen[i].append(sents[depth])
                 used += len(sents[depth]) + 1
                 added = True
         depth += 1
+        live = [i for i in live if depth < len(parts[i][1])]
     flat = [s for c in chosen for s in c]
     if not flat:  # a single sentence longer than the budget: show it whole
         flat = chosen[0] = sentences(paper.abstract)[:1] or [paper.title]

@@ -1,6 +1,10 @@
 """Chat prompts for each task type. The system prompt states the output contract that the
 parser, the judge and the rewards check: a <think> block, [PMID:n] citations of the given
-papers only, and for `qa` a final "Answer: yes|no|maybe" line."""
+papers only, and for `qa` a final "Answer: yes|no|maybe" line.
+
+Titles, excerpts and questions are pasted in as they are: they arrive neutralised
+(`core.safety.neutralise_paper`, applied once in build_triplets), so no chat token, think
+tag or PMID in them can read as markup or as a citation."""
 
 from __future__ import annotations
 

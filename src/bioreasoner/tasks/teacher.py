@@ -4,13 +4,22 @@ It only restates what the prompt shows (each source's excerpt) plus, for `qa`, t
 paper's own conclusion (PubMedQA's LONG_ANSWER), and it cites only the task's own
 sources, so every reference is grounded by construction. The shape follows the lab
 notebook: a <think> block that reasons from each source, then the answer; `qa` ends
-with "Answer: <gold>". A user can swap in an LLM teacher later (DESIGN.md).
+with "Answer: <gold>". An LLM teacher behind an endpoint is a later params switch.
+
+Paper text is data: every string the teacher copies (excerpt sentences, question,
+conclusion, MeSH topic) goes through `core.safety.neutralise` first, so a `</think>` or a
+"[PMID:12345678]" inside an abstract never reaches a reference. The only citations in a
+reference are the ones `cite` builds for the task's own sources; `reference_problems`
+checks that, with the same parser the filter and the rewards use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from bioreasoner.core.parsing import parse_response, think_tags
+from bioreasoner.core.safety import neutralise
 from bioreasoner.core.text import sentences
 from bioreasoner.tasks.excerpt import Excerpt
 
@@ -32,10 +41,40 @@ def think_text(reference: str) -> str:
     return reference.split("</think>", 1)[0].removeprefix("<think>").strip()
 
 
+def _safe(ex: Excerpt) -> Excerpt:
+    # Idempotent: an excerpt of an already neutralised paper passes through unchanged.
+    return replace(
+        ex,
+        text=neutralise(ex.text),
+        aim=neutralise(ex.aim),
+        method=neutralise(ex.method),
+        finding=neutralise(ex.finding),
+    )
+
+
+def reference_problems(reference: str, source_pmids: Sequence[str], min_think_chars: int) -> list[str]:
+    """How `reference` breaks the teacher's contract ([] = it holds): one closed think block
+    of at least `min_think_chars`, and citations of the task's own sources only."""
+    problems = []
+    tags = think_tags(reference)
+    if tags != (1, 1):
+        problems.append(f"think tags (open, close) = {tags}, want (1, 1)")
+    if len(think_text(reference)) < min_think_chars:
+        problems.append(f"think block under {min_think_chars} chars")
+    cited = parse_response(reference).citations
+    foreign = [c for c in cited if c not in source_pmids]
+    if foreign:
+        problems.append(f"cites PMIDs that are not its sources: {foreign[:5]}")
+    if not cited:
+        problems.append("cites none of its sources")
+    return problems
+
+
 def qa_reference(
     pmid: str, ex: Excerpt, question: str, long_answer: str | None, gold: str, min_think_chars: int
 ) -> str:
-    conclusion = (sentences(long_answer or "") or [ex.finding])[0]
+    ex, question = _safe(ex), neutralise(question)
+    conclusion = (sentences(neutralise(long_answer or "")) or [ex.finding])[0]
     method = f" How it was studied: {ex.method}" if ex.method not in (ex.aim, ex.finding) else ""
     think = (
         f"The question is: {question} The evidence is one paper, {cite(pmid)}. "
@@ -53,7 +92,8 @@ def cross_reference(
     min_think_chars: int,
 ) -> str:
     a, b, c = (cite(p) for p in pmids)
-    topic = "; ".join(shared[:3]) if shared else "related clinical questions"
+    exs = [_safe(e) for e in exs]
+    topic = "; ".join(neutralise(s) for s in shared[:3]) if shared else "related clinical questions"
     think = " ".join(f"{cite(p)} sets out: {e.aim} It reports: {e.finding}" for p, e in zip(pmids, exs, strict=True))
     think += f" The three papers meet on {topic}."
     think = _pad_think(think, min_think_chars, f"Only {a}, {b} and {c} may be cited.")

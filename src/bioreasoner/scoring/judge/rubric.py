@@ -45,9 +45,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from bioreasoner.core.parsing import CITATION_RE, Parsed, parse_response
 from bioreasoner.core.records import Task
 from bioreasoner.scoring.judge import Verdict
-from bioreasoner.scoring.parsing import CITATION_RE, Parsed, parse_response
 
 _WORD = re.compile(r"[a-z0-9]+")
 _TAG = re.compile(r"<\s*+/?\s*+think\s*+>", re.I)  # possessive: "<" + a long space run stays linear
