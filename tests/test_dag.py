@@ -82,12 +82,16 @@ def test_grpo_beta_reruns_only_grpo_and_its_dependents(repo):
 
 
 def test_a_mistyped_param_fails_fast_and_leaves_the_lock(repo):
-    """`dvc exp run -S grpo.betta=0.05` (a typo beside the real key) is refused by the first stage
-    that reads it, with one line naming the key and the nearest valid one; dvc.lock is untouched."""
+    """A typo beside the real key: DVC's own `-S grpo.betta=...` refuses a key that is not in
+    params.yaml, and `-S +grpo.betta=...` (append) is refused by the first stage that reads it,
+    with one line naming the key and the nearest valid one; dvc.lock is untouched."""
     proj, _ = repo
     before = (proj / "dvc.lock").read_text()
     res = subprocess.run([DVC, "exp", "run", "-S", "grpo.betta=0.05"], cwd=proj, capture_output=True, text=True)
+    assert res.returncode != 0 and "Could not override 'grpo.betta'" in res.stderr
+    res = subprocess.run([DVC, "exp", "run", "-S", "+grpo.betta=0.05"], cwd=proj, capture_output=True, text=True)
+    out = res.stdout + res.stderr
     assert res.returncode != 0
-    assert "grpo.betta: unknown key (did you mean 'beta'?)" in res.stdout + res.stderr
-    assert "Traceback" not in res.stdout + res.stderr
+    assert "error: params.yaml: grpo.betta: unknown key (did you mean 'beta'?)" in out
+    assert "Traceback" not in out
     assert (proj / "dvc.lock").read_text() == before

@@ -65,6 +65,10 @@ def test_a_new_round_is_a_params_edit(project):
     dag = subprocess.run([DVC, "dag", "--dot"], cwd=project, capture_output=True, text=True, check=True).stdout
     for stage in ("generate_candidates", "filter", "build_pairs", "dpo", "merge", "eval"):
         assert f'"{stage}@v2_2"' in dag, stage
+    # cls_sleep replays every round with no dvc.yaml edit, and reads grpo's prompts out
+    for r in ("v2_0", "v2_1", "v2_2"):
+        assert f'"build_pairs@{r}" -> "cls_sleep"' in dag, r
+    assert '"grpo" -> "cls_sleep"' in dag
     # and its inputs are v2.1's merged model: the chain continues
     assert '"merge@v2_1" -> "generate_candidates@v2_2"' in dag
     assert '"dpo@v2_2" -> "merge@v2_2"' in dag

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from bioreasoner.core.io import BadInputError
 from bioreasoner.training.lifecycle import TrainingRun, mean_train_loss, truncate_series
-from tests.conftest import DVC, ROOT
+from tests.conftest import ROOT
 from tests.params_edit import stage_params, write_params
 from tests.tiny import load_stage, make_task
 
@@ -229,24 +229,6 @@ def test_the_stage_prints_one_line_and_exits_1(tmp_path):
     )
     assert "Traceback" not in res.stderr and not (tmp_path / "adapter").exists()
 
-
-# -- rounds as data, downstream of the rounds -----------------------------------------------------
-
-
-@pytest.mark.slow
-def test_cls_sleep_depends_on_every_round_without_naming_one(project):
-    """A new round (three params entries) becomes an input of cls_sleep with no dvc.yaml edit;
-    grpo's prompts out is cls_sleep's input, not a redraw."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["rounds"]["v2_2"] = {**params["rounds"]["v2_1"], "policy": "v2_1"}
-    params["merge"]["versions"]["v2_2"] = {"parent": "models/merged/v2_1", "adapter": "models/adapters/v2_2"}
-    params["eval"]["models"]["v2_2"] = "models/merged/v2_2"
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    subprocess.run([DVC, "init", "-q"], cwd=project, check=True)
-    dag = subprocess.run([DVC, "dag", "--dot"], cwd=project, capture_output=True, text=True, check=True).stdout
-    for r in ("v2_0", "v2_1", "v2_2"):
-        assert f'"build_pairs@{r}" -> "cls_sleep"' in dag, r
-    assert '"grpo" -> "cls_sleep"' in dag
+    # -- rounds as data, downstream of the rounds -----------------------------------------------------
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["cls_sleep"]
     assert "v2_" not in json.dumps(stage) and "grpo.prompts" not in stage["params"]
