@@ -23,6 +23,7 @@ from typing import Any
 
 from datasets import Dataset
 from peft import get_peft_model
+from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from bioreasoner.core import config
@@ -98,6 +99,7 @@ def main() -> None:
     )
     if not pairs:  # the documented no-op: see metrics/rounds/R/pairs.json for why there are none
         log.warning("NO PAIRS in %s: %s's adapter is left untrained (a no-op)", args.pairs, args.round)
+        set_seed(p.seed)  # LoRA's A matrices start random: seeded, the no-op adapter is byte-stable
         model = get_peft_model(load_for_training(args.policy, p.model), lora_config(cfg.lora))
         run.save(
             model, load_tokenizer(args.policy, trust_remote_code=p.model.trust_remote_code), note="no pairs: untrained"

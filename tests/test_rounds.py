@@ -257,3 +257,7 @@ def test_dpo_without_pairs_is_a_recorded_no_op(tiny_base, tmp_path, monkeypatch)
     record = json.loads((tmp_path / "adapter/lineage.json").read_text())
     assert record["stage"] == "dpo@v2_0 (no pairs: untrained)" and set(record["params"]["rounds"]) == {"v2_0"}
     assert (tmp_path / "live").is_dir() and not list((tmp_path / "live").iterdir())
+    # seeded: a second run writes the same bytes (LoRA's A starts random), so dvc.lock is stable
+    first = (tmp_path / "adapter/adapter_model.safetensors").read_bytes()
+    load_stage("dpo").main()
+    assert (tmp_path / "adapter/adapter_model.safetensors").read_bytes() == first

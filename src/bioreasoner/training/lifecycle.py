@@ -104,11 +104,16 @@ class WholeRunLog(TrainerCallback):
                 state.log_history[-1]["train_loss"] = whole
 
 
+# Wall-clock measurements (train_runtime, *_per_second, GRPO's step_time) differ on every run:
+# kept out of the git-tracked curves, or two identical runs would give different dvc.lock hashes.
+WALL_CLOCK = ("runtime", "per_second", "step_time")
+
+
 class LiveCurves(TrainerCallback):
     """DVCLive series keyed by the trainer's global step, resumable without duplicate rows.
 
-    The Trainer's end-of-run summary (runtime, throughput, train_loss) goes to DVCLive's
-    metrics.json only, not into a one-row series.
+    The Trainer's end-of-run summary (train_loss) goes to DVCLive's metrics.json only, not into
+    a one-row series; wall-clock values (`WALL_CLOCK`) go nowhere.
     """
 
     def __init__(self, directory: str | Path, resume: bool):
@@ -137,7 +142,7 @@ class LiveCurves(TrainerCallback):
         summary_only = "train_runtime" in logs  # the Trainer's end-of-run line, not a point of a curve
         self.live.step = state.global_step
         for key, value in logs.items():
-            if Metric.could_log(value):
+            if Metric.could_log(value) and not any(w in key for w in WALL_CLOCK):
                 name = standardize_metric_name(key, "dvclive.huggingface")
                 self.live.log_metric(name, value, plot=not summary_only)
         self.live.make_summary()
