@@ -13,7 +13,7 @@ patch defaulting to 0: `v3.0` -> `bioreasoner@v3.0.0`. The pipeline's version ke
 Refusals (exit 1, one line on stderr), checked in this order before anything changes:
   * the tag already exists;
   * the git tree has changes (`git status --porcelain`, untracked files included) outside the files
-    the pipeline writes: dvc.lock, metrics/**, dvclive/** and the .gitignore files DVC keeps beside
+    the pipeline writes: dvc.lock, metrics/**, dvclive/**, reports/** and the .gitignore files DVC keeps beside
     the outputs named in dvc.lock;
   * `dvc status --json` reports any stage as changed (so those pipeline files match dvc.lock);
   * the model is not an output in dvc.lock, or its metrics file is missing or not JSON;
@@ -47,7 +47,7 @@ MODEL_DIR = "models/merged"
 METRICS_DIR = "metrics/eval"
 # Git-tracked files the pipeline writes; a release may commit them (dvc status vouches for them).
 PIPELINE_FILES = ("dvc.lock",)
-PIPELINE_DIRS = ("metrics/", "dvclive/")
+PIPELINE_DIRS = ("metrics/", "dvclive/", "reports/")  # reports/: the `report` stage's figures
 CREDENTIALS_RE = re.compile(r"(\w+://)[^/@\s]+@")  # user:password@ in a URL
 VERSION_RE = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?$")
 
@@ -162,7 +162,8 @@ def release(version_text: str, artifact: str, dry_run: bool) -> str:
     if other:
         shown = ", ".join(other[:3]) + (f" (+{len(other) - 3} more)" if len(other) > 3 else "")
         raise Refused(
-            f"git tree is dirty outside the pipeline files (dvc.lock, metrics/, dvclive/): {shown}; commit or stash"
+            "git tree is dirty outside the pipeline files (dvc.lock, metrics/, dvclive/, reports/): "
+            f"{shown}; commit or stash"
         )
 
     status = run(tool("dvc"), "status", "--json").stdout.strip()

@@ -14,7 +14,7 @@ from tests.conftest import DVC, copy_project
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_GRPO = {"grpo", "cls_sleep", "merge@v3_0", "eval@v3_0"}
+DOWNSTREAM_OF_GRPO = {"grpo", "cls_sleep", "merge@v3_0", "eval@v3_0", "report"}
 
 
 def micro(params: dict) -> dict:
@@ -68,10 +68,11 @@ def repo(tmp_path_factory):
 def test_repro_runs_the_whole_dag(repo):
     proj, out = repo
     stages = ran(out)
-    assert {"harvest", "sft", "dpo@v2_0", "dpo@v2_1", "grpo", "cls_sleep", "eval@v3_0"} <= stages
+    assert {"harvest", "sft", "dpo@v2_0", "dpo@v2_1", "grpo", "cls_sleep", "eval@v3_0", "report"} <= stages
     shown = dvc(proj, "metrics", "show", "--json")
     for version in ("base", "sft", "v2_0", "v2_1", "v3_0"):
         assert f"metrics/eval/{version}.json" in shown
+    assert "metrics/lineage.json" in shown and (proj / "reports" / "lineage.svg").is_file()
     assert "Data and pipelines are up to date" in dvc(proj, "status")
 
 

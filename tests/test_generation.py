@@ -23,7 +23,7 @@ NUCLEUS_CASES = [
 
 @pytest.mark.parametrize(("probs", "top_p", "floor"), NUCLEUS_CASES)
 def test_nucleus_floor_table(probs, top_p, floor):
-    sampler = PerRowSampler([0], temperature=1.0, top_p=top_p)
+    sampler = PerRowSampler([0], temperature=1.0, top_p=top_p, max_new_tokens=1)
     got = sampler._nucleus_floor(torch.tensor([probs]))
     assert got.item() == pytest.approx(floor)
 
@@ -33,7 +33,7 @@ def test_nucleus_floor_fast_path_equals_full_sort():
     sharp = torch.softmax(torch.randn(3, 5000) * 6, -1)  # nucleus within the top 256: topk path
     flat = torch.softmax(torch.randn(3, 5000) * 0.1, -1)  # nucleus wider than 256: full sort path
     probs = torch.cat([sharp, flat])
-    sampler = PerRowSampler([0] * 6, temperature=1.0, top_p=0.9)
+    sampler = PerRowSampler([0] * 6, temperature=1.0, top_p=0.9, max_new_tokens=1)
     expected = torch.stack([sampler._floor(p.sort(descending=True).values.unsqueeze(0))[0] for p in probs])
     assert torch.equal(sampler._nucleus_floor(probs).flatten(), expected)
 
@@ -41,7 +41,7 @@ def test_nucleus_floor_fast_path_equals_full_sort():
 def test_draws_follow_the_distribution():
     probs = torch.tensor([0.1, 0.6, 0.3])
     n = 3000
-    sampler = PerRowSampler(list(range(n)), temperature=1.0, top_p=1.0)
+    sampler = PerRowSampler(list(range(n)), temperature=1.0, top_p=1.0, max_new_tokens=1)
     out = sampler(torch.zeros(n, 1, dtype=torch.long), probs.log().expand(n, 3).clone())
     picks = out.argmax(-1)
     assert torch.isfinite(out).sum(-1).eq(1).all()  # exactly one token left per row
@@ -52,7 +52,7 @@ def test_draws_follow_the_distribution():
 def test_top_p_never_draws_outside_the_nucleus():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     n = 2000
-    sampler = PerRowSampler(list(range(n)), temperature=1.0, top_p=0.7)
+    sampler = PerRowSampler(list(range(n)), temperature=1.0, top_p=0.7, max_new_tokens=1)
     picks = sampler(torch.zeros(n, 1, dtype=torch.long), probs.log().expand(n, 4).clone()).argmax(-1)
     assert set(picks.tolist()) == {0, 1}
 

@@ -4,19 +4,26 @@ render offline to identical bytes, and the stage end to end in a temp project.""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
+from bioreasoner.core import config
 from bioreasoner.core.io import BadInputError
 from bioreasoner.reporting import lineage as lin
 from bioreasoner.reporting import plots, stats
 from bioreasoner.scoring.eval_metrics import aggregate, macro_f1
+from tests.conftest import copy_project, run_stage
 
 Z = 1.96
 
@@ -361,6 +368,32 @@ def test_lineage_reports_every_version_and_deltas_to_evaluated_parents():
     assert out == lin.lineage(rows, {"base": None, "sft": "base", "v2_0": "sft"}, n_boot=50, seed=1, alpha=0.05)
 
 
+# ----------------------------------------------------------------------------- params
+
+
+@pytest.mark.parametrize(
+    ("report", "where"),
+    [
+        ({"n_boot": 10}, "report.n_boot"),  # too few resamples for a 2.5% tail
+        ({"alpha": 0.7}, "report.alpha"),  # not a two-sided level
+        ({"n_boots": 1000}, "report.n_boots"),  # a typo is an unknown key
+    ],
+)
+def test_bad_report_params_are_refused(report, where):
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    data["report"] = report
+    with pytest.raises(BadInputError) as err:
+        config.validate(data)
+    assert err.value.where == where
+
+
+def test_report_section_defaults_when_absent():
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert config.validate(data).report == config.ReportCfg(n_boot=1000, alpha=0.05)
+    del data["report"]
+    assert config.validate(data).report == config.ReportCfg()
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -447,3 +480,136 @@ def test_read_series_and_find_runs(tmp_path):
     bad.write_text("loss\n1.0\n")
     with pytest.raises(BadInputError, match="no header with a `step` column"):
         plots.read_series(bad)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+VERSIONS = ("base", "sft", "v2_0", "v2_1", "v3_0")
+
+
+def stage_rows(version: str) -> list[dict[str, Any]]:
+    """30 cross-paper tasks and 12 qa tasks. base cites nothing and has no think block; sft and
+    later cite an invented PMID on every task (a significant change from base); v3_0 cites the
+    sources (a significant change from v2_1)."""
+    rnd = random.Random(version)
+    cited = {"base": [], "v3_0": ["1", "2"]}.get(version, ["50"])
+    out = []
+    for i in range(42):
+        kw: dict[str, Any] = {"cited": cited, "think_closed": version != "base", "think_chars": rnd.randint(0, 600)}
+        if i >= 30:
+            kw.update(type="qa", gold=["yes", "no", "maybe"][i % 3], decision=rnd.choice(["yes", "no", "maybe", None]))
+        out.append(row(f"task{i}", **kw))
+    return out
+
+
+@pytest.fixture
+def report_project(tmp_path: Path) -> Path:
+    proj = copy_project(tmp_path / "proj")
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["report"]["n_boot"] = 200  # seconds, not tens of seconds
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for v in VERSIONS:
+        path = proj / "data" / "eval" / f"{v}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in stage_rows(v)))
+    write_live(proj / "dvclive")
+    return proj
+
+
+@pytest.fixture
+def offline_subprocesses(tmp_path: Path, monkeypatch) -> None:
+    """Child Pythons start with sockets disabled (a sitecustomize on PYTHONPATH)."""
+    guard = tmp_path / "offline"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(
+        "import socket\n"
+        "def _refuse(*a, **k):\n"
+        "    raise OSError('network access attempted')\n"
+        "class _NoSocket(socket.socket):\n"
+        "    def __init__(self, *a, **k):\n"
+        "        _refuse()\n"
+        "socket.socket = _NoSocket\n"
+        "socket.create_connection = _refuse\n"
+        "socket.getaddrinfo = _refuse\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(guard), os.environ.get("PYTHONPATH")) if p))
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.getaddrinfo('example.org', 80)"], capture_output=True, text=True
+    )
+    assert probe.returncode != 0 and "network access attempted" in probe.stderr
+
+
+ARGS = (
+    "--eval-dir",
+    "data/eval",
+    "--live-dirs",
+    "dvclive",
+    "--metrics",
+    "metrics/lineage.json",
+    "--out-dir",
+    "reports",
+)
+
+
+def test_stage_end_to_end_offline_and_reproducible(report_project, offline_subprocesses):
+    proj = report_project
+    res = run_stage(proj, "report.py", *ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((proj / "metrics/lineage.json").read_text())
+    assert list(data["versions"]) == list(VERSIONS)
+    assert {v: d["parent"] for v, d in data["deltas"].items()} == {
+        "sft": "base",
+        "v2_0": "sft",
+        "v2_1": "v2_0",
+        "v3_0": "v2_1",
+    }
+    for v in VERSIONS:  # the values are metrics/eval/V.json's
+        agg = aggregate(stage_rows(v))
+        assert {m: c["value"] for m, c in data["versions"][v].items()} == {m.name: agg[m.name] for m in lin.METRICS}
+    assert data["deltas"]["sft"]["hallucination_rate"]["significant"]  # 0 -> 42 of 42
+    assert data["deltas"]["sft"]["missing_think_rate"]["diff"] == -1.0
+    assert data["deltas"]["v2_0"]["hallucination_rate"] == {
+        "diff": 0.0,
+        "lo": 0.0,
+        "hi": 0.0,
+        "p": 1.0,
+        "significant": False,
+        "n_pairs": 42,
+    }
+    assert data["deltas"]["v3_0"]["citation_precision"]["diff"] == 1.0
+    assert data["deltas"]["v3_0"]["citation_precision"]["significant"]
+    svgs = sorted(p.name for p in (proj / "reports").iterdir())
+    assert svgs == [
+        "curves_grpo.svg",
+        "curves_rounds_v2_0.svg",
+        "curves_rounds_v2_1.svg",
+        "curves_sft.svg",
+        "lineage.svg",
+    ]
+    first = {p.name: p.read_bytes() for p in [proj / "metrics/lineage.json", *(proj / "reports").iterdir()]}
+    res = run_stage(proj, "report.py", *ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = {p.name: p.read_bytes() for p in [proj / "metrics/lineage.json", *(proj / "reports").iterdir()]}
+    assert again == first  # seeded bootstrap, deterministic SVGs
+
+
+def test_a_missing_version_is_one_error_line(report_project):
+    proj = report_project
+    (proj / "data/eval/v2_1.jsonl").unlink()
+    res = run_stage(proj, "report.py", *ARGS)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: data/eval/v2_1.jsonl: no eval rows for version 'v2_1'")
+    assert not (proj / "metrics/lineage.json").exists() and not (proj / "reports").exists()
+
+
+def test_a_malformed_row_is_one_error_line(report_project):
+    proj = report_project
+    rows = stage_rows("sft")
+    del rows[3]["passed"]
+    (proj / "data/eval/sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_stage(proj, "report.py", *ARGS)
+    assert res.returncode == 1
+    assert "error: data/eval/sft.jsonl: line 4: field 'passed': Field required" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -174,21 +174,37 @@ class TinyArchCfg(Section):
     num_attention_heads: PosInt
     num_key_value_heads: PosInt
     max_position_embeddings: PosInt
+    head_dim: PosInt | None = None  # None: hidden_size / num_attention_heads
     rope_theta: PosFloat = 10000.0
     tie_word_embeddings: StrictBool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyArchCfg:
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
         return self
 
 
+class CopyCircuitCfg(Section):
+    """`bioreasoner.modeling.copy_circuit.CircuitSpec`, field for field [D11]."""
+
+    code_dim: PosInt = 32
+    ngram: PosInt = 3
+    prev_scale: PosFloat = 6.0
+    prev_pairs: PosInt = 6
+    match_gain: PosFloat = 2.0
+    flag_score: PosFloat = 14.0
+    response_penalty: NonNegFloat = 12.0
+    copy_gain: PosFloat = 1.0
+    noise: NonNegFloat = 0.02
+
+
 class BaseStageCfg(Section):
     tokenizer: TokenizerCfg
     tiny: TinyArchCfg
+    copy_circuit: CopyCircuitCfg | None = None  # null: a plain random init
 
 
 class GroupingCfg(Section):
@@ -261,10 +277,9 @@ class JudgesCfg(Section):
 # --------------------------------------------------------------------------- training
 
 
-class _Trainer(Section):
+class _TrainerFields(Section):
     """Fields shared by the TRL trainers, under TRL's names."""
 
-    OWN_KEYS: ClassVar[frozenset[str]] = frozenset({"lora"})
     learning_rate: PosFloat
     lr_scheduler_type: Scheduler = "linear"
     warmup_steps: NonNegInt = 0
@@ -275,13 +290,29 @@ class _Trainer(Section):
     gradient_checkpointing: StrictBool = False
     logging_steps: PosInt = 5
     save_steps: PosInt = 25
-    lora: LoraCfg
 
     @model_validator(mode="after")
-    def _steps(self) -> _Trainer:
+    def _steps(self) -> _TrainerFields:
         if self.max_steps == 0:
             raise ValueError("max_steps must be -1 (use num_train_epochs) or > 0")
         return self
+
+
+class _Trainer(_TrainerFields):
+    """A LoRA training stage."""
+
+    OWN_KEYS: ClassVar[frozenset[str]] = frozenset({"lora"})
+    lora: LoraCfg
+
+
+class PretrainCfg(_TrainerFields):
+    """Full-parameter causal-LM pre-training of the tiny base (SFTConfig fields) [D11]."""
+
+    OWN_KEYS: ClassVar[frozenset[str]] = frozenset({"validation_every", "validation_max_tasks"})
+    weight_decay: NonNegFloat = 0.0
+    max_length: PosInt = 1024
+    validation_every: Annotated[int, Field(ge=2)] = 10  # every N-th train task is held out to measure copying
+    validation_max_tasks: PosInt = 80  # of those, how many the copy check reads
 
 
 class SFTCfg(_Trainer):
@@ -410,7 +441,7 @@ class CLSCfg(Section):
 
 
 class VersionCfg(Section):
-    parent: str  # models/base or models/merged/<version>
+    parent: str  # a root model (ROOTS) or models/merged/<version>
     adapter: str
 
 
@@ -427,9 +458,21 @@ class EvalCfg(Section):
     max_tasks_per_type: NonNegInt = 0  # 0 = every test task
 
 
+class ReportCfg(Section):
+    """The `report` stage's statistics (src/bioreasoner/reporting): intervals and paired tests."""
+
+    # Percentile-bootstrap resamples; at 1000 the 2.5% / 97.5% ends rest on 25 resamples each,
+    # and a bootstrap p-value has a resolution of 2 / n_boot. Fewer than 100 gives jumpy ends.
+    n_boot: Annotated[int, Field(ge=100)] = 1000
+    # Two-sided level: 0.05 gives 95% intervals, and a delta is significant when p < alpha and
+    # its interval excludes 0. Above 0.5 the "interval" would be narrower than half the mass.
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+
+
 # --------------------------------------------------------------------------- the whole file
 
 MERGED = "models/merged/"
+ROOTS = ("models/base", "models/pretrained")  # what the base and pretrain stages write
 
 
 class Params(Section):
@@ -439,6 +482,7 @@ class Params(Section):
     split: SplitCfg
     base: BaseStageCfg
     build_triplets: BuildTripletsCfg
+    pretrain: PretrainCfg
     sft: SFTCfg
     merge: MergeCfg
     eval: EvalCfg
@@ -447,16 +491,17 @@ class Params(Section):
     rounds: dict[Name, RoundCfg] = Field(min_length=1)
     grpo: GRPOCfg
     cls: CLSCfg
+    report: ReportCfg = ReportCfg()  # optional: a params file from before the stage still validates
 
     @model_validator(mode="after")
     def _lineage_is_consistent(self) -> Params:
         versions = self.merge.versions
         for v, cfg in versions.items():
-            if cfg.parent != "models/base" and not (
+            if cfg.parent not in ROOTS and not (
                 cfg.parent.startswith(MERGED) and cfg.parent[len(MERGED) :] in versions
             ):
                 raise ValueError(
-                    f"merge.versions.{v}.parent {cfg.parent!r} is neither models/base nor a merged version"
+                    f"merge.versions.{v}.parent {cfg.parent!r} is neither a root model {ROOTS} nor a merged version"
                 )
         for r, cfg in self.rounds.items():
             if cfg.policy not in versions:
@@ -464,7 +509,7 @@ class Params(Section):
         if "v3_0" not in versions:
             raise ValueError("merge.versions.v3_0 is required: its parent is the policy grpo trains over")
         for v, path in self.eval.models.items():
-            if path != "models/base" and path != MERGED + v and not path.startswith(MERGED):
+            if path not in ROOTS and path != MERGED + v and not path.startswith(MERGED):
                 continue  # a user's own folder
             if path.startswith(MERGED) and path[len(MERGED) :] not in versions:
                 raise ValueError(f"eval.models.{v} {path!r} is not a merged version in merge.versions")

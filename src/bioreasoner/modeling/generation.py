@@ -45,22 +45,28 @@ def item_seed(seed: int, *keys: object) -> int:
 
 class PerRowSampler(LogitsProcessor):
     """Samples each row with its own generator (temperature, then nucleus), then leaves only
-    the drawn token finite so greedy decoding picks it."""
+    the drawn token finite so greedy decoding picks it.
+
+    Each row's uniforms for every step are drawn up front from that row's generator (one call
+    per row per batch, not per token), so the per-token work is a few batched tensor ops; row
+    i's t-th token uses its t-th uniform whatever else shares the batch."""
 
     TOP_K_FAST = 256
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, max_new_tokens: int):
+        self.uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
         self.temperature = temperature
         self.top_p = top_p
+        self.step = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         probs = torch.softmax(scores.float() / self.temperature, dim=-1).cpu()
         if self.top_p < 1.0:
             probs = probs * (probs >= self._nucleus_floor(probs))
-        # inverse-CDF draw, in vocabulary order, with one uniform per row from that row's generator
+        # inverse-CDF draw, in vocabulary order, with this step's uniform of each row
         cdf = probs.cumsum(-1)
-        u = torch.cat([torch.rand(1, generator=g) for g in self.generators]).unsqueeze(-1) * cdf[:, -1:]
+        u = self.uniforms[:, self.step : self.step + 1] * cdf[:, -1:]
+        self.step += 1
         picks = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, picks.to(scores.device), 0.0)
@@ -127,7 +133,9 @@ def sample(
             enc = enc.to(model.device)
             kwargs: dict = {"do_sample": False, "max_new_tokens": params.max_new_tokens}
             if params.temperature > 0:
-                sampler = PerRowSampler([seeds[i] for i in idx], params.temperature, params.top_p)
+                sampler = PerRowSampler(
+                    [seeds[i] for i in idx], params.temperature, params.top_p, params.max_new_tokens
+                )
                 kwargs["logits_processor"] = LogitsProcessorList([sampler])
             # greedy over our processor's one-hot scores; unset the sampling defaults of the
             # model's generation config so transformers does not warn about unused flags

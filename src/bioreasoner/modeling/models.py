@@ -12,13 +12,20 @@ always load the full-precision weights: a merged model is never 4-bit.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 if TYPE_CHECKING:
     from bioreasoner.core.config import ModelCfg
@@ -64,7 +71,22 @@ def quantization_config(mode: str, dtype: str) -> Any:
     )
 
 
+# Classes under which transformers saves a plain `tokenizers` tokenizer (tokenizer.json as is).
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(name: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a folder or hub id, tokenizing exactly as it did when it was saved.
+
+    A folder whose tokenizer was saved as a generic `tokenizers` tokenizer (the embedded
+    default's) is loaded as one: AutoTokenizer would pick the class of the model type
+    (Qwen2Tokenizer for a qwen2 config), which rebuilds Qwen2's own pre-tokenizer and silently
+    drops ours (measured: digits split one by one instead of in pairs)."""
+    config = Path(name) / "tokenizer_config.json"
+    if config.is_file():
+        saved_class = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+        if saved_class in GENERIC_TOKENIZER_CLASSES:
+            return PreTrainedTokenizerFast.from_pretrained(str(name))
     return AutoTokenizer.from_pretrained(str(name), trust_remote_code=trust_remote_code)
 
 

@@ -1,2 +1,2 @@
 """Reporting: intervals and paired tests over the eval rows (`stats`, `lineage`) and offline
-figures of the lineage and the training curves (`plots`), for a `report` stage."""
+figures of the lineage and the training curves (`plots`), for the `report` stage."""
