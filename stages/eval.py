@@ -36,13 +36,14 @@ from bioreasoner.core.io import (
 )
 from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Paper, Task
+from bioreasoner.reporting.lineage import version_metrics
 from bioreasoner.scoring.eval_metrics import aggregate, score_response
 from bioreasoner.scoring.filtering import pass_calls
 from bioreasoner.scoring.judge import agreement, build_judges, score_all
 
 log = logging.getLogger("eval")
 
-SECTIONS = ("seed", "model", "judges", "eval")  # dvc.yaml's `params:` for eval@V
+SECTIONS = ("seed", "model", "judges", "eval", "report")  # dvc.yaml's `params:` for eval@V
 
 
 def select(tasks: list[Task], per_type: int) -> list[Task]:
@@ -131,6 +132,11 @@ def main() -> None:
     primary = pass_calls(parsed, sources, verdicts[0], rule)
     for j, v in zip(judges[1:], verdicts[1:], strict=True):
         metrics.setdefault("judge_agreement", {})[j.name] = agreement(primary, pass_calls(parsed, sources, v, rule))
+    # every rate, ratio and mean with its interval (Wilson / bootstrap), as metrics/lineage.json has it
+    metrics["intervals"] = {
+        name: {"lo": m["lo"], "hi": m["hi"], "n": m["n"]}
+        for name, m in version_metrics(rows, p.report.n_boot, p.seed, p.report.alpha, args.version).items()
+    }
     write_json(metrics_path, metrics)
     log.info(
         "%s: hallucination %.3f, missing think %.3f, pass %.3f, PubMedQA acc %s",

@@ -104,3 +104,20 @@ def test_temperature_zero_is_greedy(tiny):
     )
     ref = model.generate(**ids, do_sample=False, max_new_tokens=6, temperature=None, top_p=None, top_k=None)
     assert out == tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_decode_equals_generate_on_a_padded_batch_and_stops_each_row_at_its_stop_token(tiny):
+    from bioreasoner.modeling.generation import decode, render_prompt, stop_ids
+
+    model, tok, tasks = tiny
+    tok.padding_side = "left"
+    texts = [render_prompt(tok, p) + " more" * i for i, p in enumerate(prompts(tasks))]  # varied lengths
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert (enc["attention_mask"] == 0).any()  # prompts of different lengths: left padding is exercised
+    ours = decode(model, enc["input_ids"], enc["attention_mask"], None, 30)
+    ref = model.generate(**enc, do_sample=False, max_new_tokens=30, temperature=None, top_p=None, top_k=None)
+    stops = set(stop_ids(model))
+    for row, mine in zip(ref[:, enc["input_ids"].shape[1] :].tolist(), ours, strict=True):
+        assert row[: len(mine)] == mine  # generate only pads after the stop token
+        assert not stops.intersection(mine[:-1])  # nothing is generated after a stop token
+        assert len(mine) == 30 or mine[-1] in stops

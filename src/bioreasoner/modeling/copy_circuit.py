@@ -31,6 +31,7 @@ codes at step 0; their input weights keep the random init and training grows the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,8 +77,9 @@ def build_circuit(model: Qwen2ForCausalLM, marker_id: int, spec: CircuitSpec, se
     d = getattr(cfg, "head_dim", None) or H // nh
     K, n = spec.code_dim, spec.ngram
     need_h, need_low = required_dims(spec)
-    if cfg.num_hidden_layers < LAYERS or nh < n + 1 or cfg.num_key_value_heads != nh:
-        raise ValueError(f"the copy circuit needs >= {LAYERS} layers, >= {n + 1} heads and no GQA")
+    groups = nh // cfg.num_key_value_heads
+    if cfg.num_hidden_layers < LAYERS or nh < n + 1:
+        raise ValueError(f"the copy circuit needs >= {LAYERS} layers and >= {n + 1} attention heads")
     if H < need_h:
         raise ValueError(f"the copy circuit needs hidden_size >= {need_h}, got {H}")
     low = [m for m in low_frequency_pairs(cfg, d, cfg.max_position_embeddings) if m >= spec.prev_pairs]
@@ -100,12 +102,17 @@ def build_circuit(model: Qwen2ForCausalLM, marker_id: int, spec: CircuitSpec, se
     # norm sqrt(H / c). These are the read-out norms the gains below are divided by.
     norm_l0, norm_up = math.sqrt(H), math.sqrt(H / (n + 1))
 
-    def head(layer: torch.nn.Module, h: int):
-        rows = slice(h * d, (h + 1) * d)
-        for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
+    def head(layer: torch.nn.Module, h: int, k_dims: Sequence[int], v_dims: Sequence[int]) -> tuple[int, int]:
+        """Clear query head h and the given key / value dims of its key-value head (the other
+        dims keep their random init for the heads that share it: GQA); (q offset, kv offset)."""
+        q0, kv0 = h * d, (h // groups) * d
+        layer.q_proj.weight[q0 : q0 + d] = 0
+        layer.q_proj.bias[q0 : q0 + d] = 0
+        for proj, dims in ((layer.k_proj, k_dims), (layer.v_proj, v_dims)):
+            rows = [kv0 + int(i) for i in dims]
             proj.weight[rows] = 0
             proj.bias[rows] = 0
-        return h * d
+        return q0, kv0
 
     with torch.no_grad():
         emb, lm = model.model.embed_tokens.weight, model.lm_head.weight
@@ -119,37 +126,36 @@ def build_circuit(model: Qwen2ForCausalLM, marker_id: int, spec: CircuitSpec, se
             layer.mlp.down_proj.weight.zero_()
         for attn in layers:
             attn.o_proj.weight.zero_()
-
-        # layer 0: previous-token heads, offset o -> B_o
+        # layer 0: previous-token heads, offset o -> B_o (heads with one key-value head share its
+        # keys and values: the keys are the same for every offset, only the queries differ)
+        fast = [m for m in range(spec.prev_pairs)] + [m + d // 2 for m in range(spec.prev_pairs)]
         for o in range(1, n + 1):
-            base = head(layers[0], o - 1)
-            q, k = torch.zeros(d), torch.zeros(d)
+            q0, kv0 = head(layers[0], o - 1, fast, range(K))
             for m in range(spec.prev_pairs):
-                q[m] = spec.prev_scale * math.cos(o * float(inv[m]))
-                q[m + d // 2] = -spec.prev_scale * math.sin(o * float(inv[m]))
-                k[m] = spec.prev_scale
-            layers[0].q_proj.bias[base : base + d] = q
-            layers[0].k_proj.bias[base : base + d] = k
-            layers[0].v_proj.weight[base : base + K, A] = eye
-            layers[0].o_proj.weight[B[o - 1], base : base + K] = eye / norm_l0
+                layers[0].q_proj.bias[q0 + m] = spec.prev_scale * math.cos(o * float(inv[m]))
+                layers[0].q_proj.bias[q0 + m + d // 2] = -spec.prev_scale * math.sin(o * float(inv[m]))
+                layers[0].k_proj.bias[kv0 + m] = spec.prev_scale
+            layers[0].v_proj.weight[kv0 : kv0 + K, A] = eye
+            layers[0].o_proj.weight[B[o - 1], q0 : q0 + K] = eye / norm_l0
 
         # layer 1, head 0: response flag -> F
-        base = head(layers[1], 0)
         flag_dim = int(low_dims[n * K])  # the one low-frequency dim the match slots leave
-        layers[1].k_proj.weight[base + flag_dim, A] = codes[marker_id]
-        layers[1].q_proj.bias[base + flag_dim] = spec.flag_score * math.sqrt(d) / norm_up
-        layers[1].v_proj.weight[base, A] = codes[marker_id]
-        layers[1].o_proj.weight[F, base] = 1.0 / norm_up
+        q0, kv0 = head(layers[1], 0, [flag_dim], [0])
+        layers[1].k_proj.weight[kv0 + flag_dim, A] = codes[marker_id]
+        layers[1].q_proj.bias[q0 + flag_dim] = spec.flag_score * math.sqrt(d) / norm_up
+        layers[1].v_proj.weight[kv0, A] = codes[marker_id]
+        layers[1].o_proj.weight[F, q0] = 1.0 / norm_up
 
         # layer 2, head 0: induction with the response penalty, copied code -> D
-        base = head(layers[2], 0)
+        match = low_dims[: n * K]
+        q0, kv0 = head(layers[2], 0, [*match.tolist(), flag_dim], range(K))
         sources = [A] + B[:-1]
         for s in range(n):
-            dims = base + low_dims[s * K : (s + 1) * K]
-            layers[2].q_proj.weight[dims, sources[s]] = spec.match_gain * eye
-            layers[2].k_proj.weight[dims, B[s]] = eye
+            dims = match[s * K : (s + 1) * K]
+            layers[2].q_proj.weight[q0 + dims, sources[s]] = spec.match_gain * eye
+            layers[2].k_proj.weight[kv0 + dims, B[s]] = eye
         # F carries ~1 after the norm rescales it by ~sqrt(H / (n + 2)) ~ norm_up
-        layers[2].k_proj.weight[base + flag_dim, F] = 1.0
-        layers[2].q_proj.bias[base + flag_dim] = -spec.response_penalty * math.sqrt(d) / norm_up
-        layers[2].v_proj.weight[base : base + K, A] = eye
-        layers[2].o_proj.weight[D, base : base + K] = spec.copy_gain * eye
+        layers[2].k_proj.weight[kv0 + flag_dim, F] = 1.0
+        layers[2].q_proj.bias[q0 + flag_dim] = -spec.response_penalty * math.sqrt(d) / norm_up
+        layers[2].v_proj.weight[kv0 : kv0 + K, A] = eye
+        layers[2].o_proj.weight[D, q0 : q0 + K] = spec.copy_gain * eye

@@ -1,0 +1,83 @@
+"""Benchmark: our SFT stage's trainer against a bare TRL `SFTTrainer` (goal >= 1.0x tokens/s).
+
+    python benchmarks/sft.py [--model models/pretrained] [--steps 20]
+
+Both train the same LoRA on the same rows, model, batch size and sampling strategy for the
+same number of steps, one after the other in this process; the stage's trainer comes from
+`stages/sft.py`'s `build_trainer` (TrainingRun's arguments, the supervised-fraction collator and
+callbacks, checkpointing, DVCLive), the bare one from SFTConfig with the same TRL fields and
+nothing else. Same steps and rows, so tokens/s ratio = time ratio; the script prints both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from bioreasoner.core import config
+from bioreasoner.modeling.models import load_for_training, load_tokenizer
+from bioreasoner.training.data import read_tasks, to_sft_row
+from bioreasoner.training.lifecycle import TrainingRun, lora_config
+
+
+def stage_module():
+    spec = importlib.util.spec_from_file_location("stage_sft", Path("stages/sft.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="models/pretrained")
+    ap.add_argument("--tasks", default="data/tasks/train.jsonl")
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args()
+
+    p = config.load("params.yaml", sections=("seed", "model", "sft"))
+    tasks = read_tasks(args.tasks)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    try:
+        # ours: exactly the stage's trainer, only max_steps and the folders changed
+        run = TrainingRun(
+            "sft", p.used(), [args.tasks, args.model], out=tmp / "out", metrics=tmp / "m.json",
+            live_dir=tmp / "live", checkpoints=tmp / "ckpt",
+        )
+        ours = stage_module().build_trainer(p, tasks, args.model, run)
+        ours.args.max_steps = args.steps
+        start = time.perf_counter()
+        run.train(ours)  # the lifecycle's own train call (callbacks, staging, resume check)
+        t_ours = time.perf_counter() - start
+
+        # bare TRL: the same TRL fields, LoRA, rows and model
+        cfg = p.sft
+        bare = SFTTrainer(
+            model=load_for_training(args.model, p.model),
+            args=SFTConfig(
+                **cfg.trainer_kwargs(), output_dir=str(tmp / "bare"), seed=p.seed, data_seed=p.seed,
+                max_steps=args.steps, report_to="none", save_strategy="no", completion_only_loss=True,
+                use_cpu=True,
+            ),
+            train_dataset=Dataset.from_list([to_sft_row(t) for t in tasks]),
+            processing_class=load_tokenizer(args.model),
+            peft_config=lora_config(cfg.lora),
+        )
+        start = time.perf_counter()
+        bare.train()
+        t_bare = time.perf_counter() - start
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"our sft stage: {t_ours:.1f}s for {args.steps} steps")
+    print(f"bare SFTTrainer: {t_bare:.1f}s for {args.steps} steps")
+    print(f"tokens/s ratio ours / bare: {t_bare / t_ours:.2f}x (goal >= 1.0x: the wrapper costs nothing)")
+
+
+if __name__ == "__main__":
+    main()
