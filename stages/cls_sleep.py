@@ -55,10 +55,12 @@ def matrix_row(model, tok, evals: dict[str, list[sleep.Row]], cfg: CLSCfg) -> tu
     return [acc for acc, _ in stats], [loss for _, loss in stats]
 
 
-def replay_rows(p: StageParams, train: list[Task], pair_files: list[Path], rng: random.Random) -> list[sleep.Row]:
+def replay_rows(
+    p: StageParams, train: list[Task], pair_files: list[Path], rng: random.Random, seed: int
+) -> list[sleep.Row]:
     """sft references (a seeded draw) and `replay_chosen_per_round` chosen responses of each round."""
     cfg = p.cls
-    rows = [(prompt_messages(t), t.reference) for t in select_prompts(train, cfg.replay_sft, p.seed, "cls-replay")]
+    rows = [(prompt_messages(t), t.reference) for t in select_prompts(train, cfg.replay_sft, seed, "cls-replay")]
     for path in pair_files:
         chosen = [([m.model_dump() for m in x.prompt], x.chosen[-1].content) for x in read_jsonl(path, Pair)]
         rows += rng.sample(chosen, min(cfg.replay_chosen_per_round, len(chosen)))
@@ -84,7 +86,8 @@ def main() -> None:
 
     # -- 1. params: validated before any model or data is touched
     p = config.load(args.params, sections=SECTIONS)
-    cfg, seed, parent = p.cls, p.seed, args.parent or p.grpo_policy
+    cfg, parent = p.cls, args.parent or p.grpo_policy
+    seed = cfg.seed if cfg.seed is not None else p.seed
     torch.manual_seed(seed)
     rng = random.Random(item_seed(seed, "cls"))
 
@@ -93,7 +96,7 @@ def main() -> None:
     evals = held_out(read_tasks(args.test, what="test tasks"), cfg.eval_per_type)
     grpo_tasks = read_task_ids(args.grpo_prompts, train)
     pair_files = [Path(args.rounds_dir) / name / "pairs.jsonl" for name in p.rounds]
-    replay = replay_rows(p, train, pair_files, rng) if cfg.enabled else []
+    replay = replay_rows(p, train, pair_files, rng, seed) if cfg.enabled else []
     inputs = [parent, args.grpo, args.train, args.test, args.grpo_prompts, *pair_files]
     run = TrainingRun("cls_sleep", p.used(), inputs, out=args.out, metrics=args.metrics)
 

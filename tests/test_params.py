@@ -92,7 +92,7 @@ CASES = [
     (with_value("rounds.v2_1.samples_per_prompt", 1), "rounds.v2_1", "best_of_n needs samples_per_prompt >= 2"),
     (with_value("rounds.v2_1.dpo", {"beta": -1}), "rounds.v2_1.dpo.beta", "greater than 0"),
     (with_value("rounds.v2_1.dpo", {"lora": {"rr": 8}}), "rounds.v2_1.dpo.lora.rr", "did you mean 'r'"),
-    (with_value("base.tiny.num_attention_heads", 3), "base.tiny", "divisible"),
+    (with_value("base.tiny.num_key_value_heads", 3), "base.tiny", "multiple"),  # 4 heads cannot share 3 KV heads
     (with_value("judges.panel", []), "judges.panel", "at least 1"),
     (with_value("judges.panel", [{"kind": "rubric"}, {"kind": "rubric"}]), "judges", "unique"),
     (

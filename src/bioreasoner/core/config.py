@@ -422,6 +422,7 @@ class SchedulerCfg(Section):
 
 class CLSCfg(Section):
     enabled: StrictBool = True
+    seed: NonNegInt | None = None  # null: the global `seed`; set it to repeat sleep over seeds (ablations)
     replay_sft: NonNegInt = 48
     replay_chosen_per_round: NonNegInt = 16
     pseudo_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.25
