@@ -14,6 +14,7 @@ committed pre-trained base (`dvc repro -f pretrain` first), to measure what a re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -42,10 +43,8 @@ def stage_name(cmdline: list[str]) -> str | None:
 def tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 

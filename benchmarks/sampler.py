@@ -32,7 +32,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
 
-    gen = yaml.safe_load(open("params.yaml", encoding="utf-8"))["eval"]["generation"]
+    with open("params.yaml", encoding="utf-8") as f:
+        gen = yaml.safe_load(f)["eval"]["generation"]
     tasks = list(iter_jsonl(args.tasks, Task))[: args.n]
     prompts = [[m.model_dump() for m in t.messages] for t in tasks]
     seeds = [item_seed(0, "bench", t.id) for t in tasks]

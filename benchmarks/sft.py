@@ -47,8 +47,13 @@ def main() -> None:
     try:
         # ours: exactly the stage's trainer, only max_steps and the folders changed
         run = TrainingRun(
-            "sft", p.used(), [args.tasks, args.model], out=tmp / "out", metrics=tmp / "m.json",
-            live_dir=tmp / "live", checkpoints=tmp / "ckpt",
+            "sft",
+            p.used(),
+            [args.tasks, args.model],
+            out=tmp / "out",
+            metrics=tmp / "m.json",
+            live_dir=tmp / "live",
+            checkpoints=tmp / "ckpt",
         )
         ours = stage_module().build_trainer(p, tasks, args.model, run)
         ours.args.max_steps = args.steps
@@ -61,8 +66,14 @@ def main() -> None:
         bare = SFTTrainer(
             model=load_for_training(args.model, p.model),
             args=SFTConfig(
-                **cfg.trainer_kwargs(), output_dir=str(tmp / "bare"), seed=p.seed, data_seed=p.seed,
-                max_steps=args.steps, report_to="none", save_strategy="no", completion_only_loss=True,
+                **cfg.trainer_kwargs(),
+                output_dir=str(tmp / "bare"),
+                seed=p.seed,
+                data_seed=p.seed,
+                max_steps=args.steps,
+                report_to="none",
+                save_strategy="no",
+                completion_only_loss=True,
                 use_cpu=True,
             ),
             train_dataset=Dataset.from_list([to_sft_row(t) for t in tasks]),

@@ -21,7 +21,11 @@ def micro(params: dict) -> dict:
     """Every stage at its smallest: seconds, not minutes. Same code paths as the default."""
     gen = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8, "batch_size": 8}
     params["pretrain"].update(
-        max_steps=2, per_device_train_batch_size=2, logging_steps=1, save_steps=100, warmup_steps=0,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_steps=100,
+        warmup_steps=0,
         validation_max_tasks=2,
     )
     params["sft"].update(max_steps=2, per_device_train_batch_size=2, logging_steps=1, save_steps=100, warmup_steps=0)

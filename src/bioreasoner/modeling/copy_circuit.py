@@ -80,7 +80,7 @@ def build_circuit(model: Qwen2ForCausalLM, marker_id: int, spec: CircuitSpec, se
     groups = nh // cfg.num_key_value_heads
     if cfg.num_hidden_layers < LAYERS or nh < n + 1:
         raise ValueError(f"the copy circuit needs >= {LAYERS} layers and >= {n + 1} attention heads")
-    if H < need_h:
+    if need_h > H:
         raise ValueError(f"the copy circuit needs hidden_size >= {need_h}, got {H}")
     low = [m for m in low_frequency_pairs(cfg, d, cfg.max_position_embeddings) if m >= spec.prev_pairs]
     low_dims = torch.tensor([m for m in low] + [m + d // 2 for m in low])

@@ -55,7 +55,9 @@ class PerRowSampler(LogitsProcessor):
     TOP_K_FAST = 256
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, max_new_tokens: int):
-        self.uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        self.uniforms = torch.stack(
+            [torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
         self.temperature = temperature
         self.top_p = top_p
         self.step = 0
@@ -177,7 +179,9 @@ def decode(
     cache = DynamicCache(config=model.config)
     mask = attention_mask
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1)
+    out = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+    )
     logits = out.logits[:, -1]
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # batch row -> input row
     result: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
