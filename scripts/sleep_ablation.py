@@ -2,7 +2,8 @@
 
     python scripts/sleep_ablation.py [--seeds 7 42 123] [--jobs 1] [--out metrics/ablation.json]
 
-Queues `cls_sleep` once per seed and variant (`dvc exp run cls_sleep --queue -S cls.seed=S ...`):
+Queues `cls_sleep` once per seed and variant (`dvc exp run cls_sleep --queue -S +cls.seed=S ...`;
+`+` because `cls.seed` is absent from params.yaml, where null means the global seed):
 
 - sleep: the committed settings (EWC and pseudo-rehearsal on);
 - no_ewc: `cls.ewc_lambda=0`;
@@ -46,10 +47,17 @@ def pending(names: dict[str, Any]) -> list[str]:
 
 
 def summary(values: list[float]) -> dict[str, Any]:
+    """Mean and 95% t-interval over seeds; one seed gives the value alone."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return {"values": values, "mean": round(mean, 4), "lo": None, "hi": None, "significant": False}
+        return {
+            "values": [round(v, 4) for v in values],
+            "mean": round(mean, 4),
+            "lo": None,
+            "hi": None,
+            "significant": False,
+        }
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = T95.get(n - 1, 1.96) * sd / math.sqrt(n)
     lo, hi = mean - half, mean + half
@@ -73,19 +81,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 42, 123])
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default="metrics/ablation.json")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--collect", action="store_true", help="queue nothing: read the experiments that ran")
     args = ap.parse_args()
 
-    names: dict[str, tuple[str, int]] = {}
-    for seed in args.seeds:
-        for variant, extra in VARIANTS.items():
-            name = f"sleep-{variant}-s{seed}".replace("_", "-")
-            dvc("exp", "run", "cls_sleep", "--queue", "-n", name, "-S", f"cls.seed={seed}", *extra)
-            names[name] = (variant, seed)
-    dvc("queue", "start", "-j", str(args.jobs))
-    while pending(names):  # the queue runs in the background
-        time.sleep(10)
+    names = {f"sleep-{v}-s{s}".replace("_", "-"): (v, s) for s in args.seeds for v in args.variants}
+    if not args.collect:
+        for name, (variant, seed) in names.items():
+            dvc("exp", "run", "cls_sleep", "--queue", "-n", name, "-S", f"+cls.seed={seed}", *VARIANTS[variant])
+        dvc("queue", "start", "-j", str(args.jobs))
+        while pending(names):  # the queue runs in the background
+            time.sleep(10)
     shown = json.loads(dvc("exp", "show", "--json"))
-    runs: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in VARIANTS}
+    runs: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in VARIANTS}  # variant -> seed -> cls.json
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
@@ -94,30 +102,27 @@ def main() -> None:
                     variant, seed = names[name]
                     runs[variant][seed] = m
     missing = [n for n, (v, s) in names.items() if s not in runs[v]]
-    if missing:
+    if missing and not args.collect:
         raise SystemExit(f"error: experiments without metrics/cls.json: {missing} (see `dvc queue logs NAME`)")
-    seeds = args.seeds
-    out: dict[str, Any] = {"seeds": seeds, "variants": {}, "comparisons": {}}
-    for variant in VARIANTS:
-        out["variants"][variant] = {
-            key: [runs[variant][s][key] for s in seeds]
-            for key in ("final_forgetting", "final_bwt", "final_seen_acc_avg")
-        }
+    keys = ("final_forgetting", "final_bwt", "final_seen_acc_avg")
+    out: dict[str, Any] = {"seeds": args.seeds, "missing": sorted(missing), "variants": {}, "comparisons": {}}
+    for variant, by_seed in runs.items():
+        if by_seed:
+            out["variants"][variant] = {k: {str(s): by_seed[s][k] for s in sorted(by_seed)} for k in keys}
     # sleep vs no-sleep, paired within each run: the sleep boundary against the grpo boundary
-    out["comparisons"]["sleep_minus_no_sleep"] = {
-        "forgetting": summary(
-            [runs["sleep"][s]["forgetting"]["sleep"] - runs["sleep"][s]["forgetting"]["grpo"] for s in seeds]
-        ),
-        "bwt": summary([runs["sleep"][s]["bwt"]["sleep"] - runs["sleep"][s]["bwt"]["grpo"] for s in seeds]),
-        "seen_acc_avg": summary(
-            [runs["sleep"][s]["seen_acc_avg"]["sleep"] - runs["sleep"][s]["seen_acc_avg"]["grpo"] for s in seeds]
-        ),
-    }
-    for variant in ("no_ewc", "no_pseudo"):  # the same seed with and without the component
-        out["comparisons"][f"sleep_minus_{variant}"] = {
-            key.removeprefix("final_"): summary([runs["sleep"][s][key] - runs[variant][s][key] for s in seeds])
-            for key in ("final_forgetting", "final_bwt", "final_seen_acc_avg")
+    seeds = sorted(runs["sleep"])
+    if seeds:
+        out["comparisons"]["sleep_minus_no_sleep"] = {
+            m: summary([runs["sleep"][s][m]["sleep"] - runs["sleep"][s][m]["grpo"] for s in seeds])
+            for m in ("forgetting", "bwt", "seen_acc_avg")
         }
+    for variant in ("no_ewc", "no_pseudo"):  # the same seed with and without the component
+        both = sorted(set(runs["sleep"]) & set(runs[variant]))
+        if both:
+            out["comparisons"][f"sleep_minus_{variant}"] = {
+                k.removeprefix("final_"): summary([runs["sleep"][s][k] - runs[variant][s][k] for s in both])
+                for k in keys
+            }
     Path(args.out).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(json.dumps(out["comparisons"], indent=2))
 
