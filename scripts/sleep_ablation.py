@@ -92,7 +92,7 @@ def main() -> None:
         dvc("queue", "start", "-j", str(args.jobs))
         while pending(names):  # the queue runs in the background
             time.sleep(10)
-    shown = json.loads(dvc("exp", "show", "--json"))
+    shown = json.loads(dvc("exp", "show", "--json", "--all-commits"))  # experiments stay on the commit they ran from
     runs: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in VARIANTS}  # variant -> seed -> cls.json
     for commit in shown:
         for exp in commit.get("experiments") or []:
