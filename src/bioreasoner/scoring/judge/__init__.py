@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from bioreasoner.core.config import JudgeCfg, OpenAIJudgeCfg, RubricJudgeCfg
 from bioreasoner.core.io import BadInputError
 from bioreasoner.core.records import Task
+from bioreasoner.endpoints.client import RetryBudget  # re-exported: judges share one per stage
 
 
 @dataclass(frozen=True)
@@ -65,33 +66,6 @@ class JudgeFailureError(BadInputError):
 
     def __init__(self, judge: str, problem: str):
         super().__init__(f"judge {judge}", None, problem)
-
-
-class RetryBudget:
-    """HTTP retries allowed to a whole stage (`judges.retry_budget`), shared by its judges.
-
-    `take()` spends one retry and says whether one was left; None = unlimited. Not thread-safe:
-    judges are called one item at a time.
-    """
-
-    def __init__(self, total: int | None):
-        if total is not None and total < 0:
-            raise ValueError(f"retry budget must be >= 0, got {total}")
-        self.total = total
-        self.used = 0
-
-    def take(self) -> bool:
-        if self.total is not None and self.used >= self.total:
-            return False
-        self.used += 1
-        return True
-
-    @property
-    def left(self) -> int | None:
-        return None if self.total is None else self.total - self.used
-
-    def __repr__(self) -> str:
-        return f"RetryBudget(total={self.total}, used={self.used})"
 
 
 _JUDGE_CFG: TypeAdapter[Any] = TypeAdapter(JudgeCfg)
@@ -143,7 +117,7 @@ def build_judges(
 ) -> list[Judge]:
     """The judges of `judges.panel`, sharing one `RetryBudget(retry_budget)`; names must differ,
     since results are keyed by name."""
-    budget = RetryBudget(retry_budget)
+    budget = RetryBudget(retry_budget, param="judges.retry_budget")
     judges = [build_judge(c, budget=budget) for c in panel]
     names = [j.name for j in judges]
     if len(set(names)) != len(names):

@@ -1,27 +1,14 @@
 """A judge behind any OpenAI-compatible chat completions endpoint (vLLM, llama.cpp, OpenAI).
 
 It sends a rubric prompt (the task's sources, its prompt and the response) and expects a
-JSON object {"logic": 1-5, "novelty": 1-5, "rationale": "..."}. The client is built so that
-a slow, broken or hostile endpoint cannot hang a stage, fill its memory or leak a secret:
+JSON object {"logic": 1-5, "novelty": 1-5, "rationale": "..."}. HTTP goes through
+`endpoints.client.EndpointClient` (key from the environment only, a total deadline per item,
+retries from the stage's shared `judges.retry_budget`, a size cap on every reply; see there).
+On top of it:
 
-- Key: read at request time from the environment variable named by `api_key_env`, which has
-  no default. Without it no Authorization header is sent at all (a local server needs none),
-  whatever OPENAI_API_KEY holds. The key is redacted from everything the judge keeps or
-  prints (rationales, error messages, logs, cache files) and never stored on the object;
-  credentials inside `base_url` are refused.
-- Time: each item has a total `deadline_s` covering every attempt, backoff and Retry-After
-  wait. Each attempt's connect and per-read timeouts are min(`timeout_s`, time left), the
-  body is read in chunks with the deadline checked (and the socket timeout shortened)
-  before each, so a server that drips bytes still hits it. A wait (Retry-After, numeric or
-  an HTTP date, or backoff_s x 2^attempt) that would end past the deadline is not waited:
-  the item fails at once.
-- Retries: 429, 5xx and connection errors are retried up to `max_retries` times per item,
-  and each retry is taken from the stage's shared `RetryBudget` (`judges.retry_budget`);
-  once it is spent no failure is retried. Other HTTP errors, malformed replies and replies
-  over the size cap fail at once.
-- Size: every request carries `max_tokens`; the reply is streamed and reading stops past
-  `max_response_bytes` (a larger declared Content-Length is refused unread). Compressed
-  replies are not accepted (identity is asked for), so the cap is the real size.
+- Secrets: the key is redacted from everything the judge keeps or prints (rationales, error
+  messages, logs, cache files) and never stored on the object.
+- Size: every request carries `max_tokens`; malformed replies fail at once (no retry).
 - Prompt injection: the papers, the task prompt and the response are untrusted text. Each
   is fenced between `<<<BEGIN NAME TAG>>>` and `<<<END NAME TAG>>>` lines, with TAG a hash of
   the fenced text, and the system prompt says fenced text is data to judge, never
@@ -36,26 +23,22 @@ a slow, broken or hostile endpoint cannot hang a stage, fill its memory or leak 
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
 import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from bioreasoner.core.io import atomic_path
 from bioreasoner.core.records import Task
-from bioreasoner.scoring.judge import RetryBudget, Verdict
+from bioreasoner.endpoints.client import EndpointClient, EndpointError, RetryBudget
+from bioreasoner.scoring.judge import Verdict
 
 if TYPE_CHECKING:
     from bioreasoner.core.config import OpenAIJudgeCfg
@@ -63,12 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUBRIC_VERSION = "openai-rubric-v2"
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-READ_CHUNK = 64 * 1024
-ERROR_SNIPPET_BYTES = 200
-REDACTED = "[REDACTED]"
-_NETWORK_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-_READ_ERRORS = (urllib3.exceptions.HTTPError, OSError)  # while streaming a body: timeouts, resets, truncation
 _FENCE = re.compile(r"```")  # split on, not matched across: `\s*(.*?)\s*` was cubic on an unclosed fence
 
 SYSTEM = (
@@ -117,8 +94,7 @@ def judge_messages(task: Task, response: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-class JudgeHTTPError(RuntimeError):
-    """The endpoint did not answer usefully."""
+JudgeHTTPError = EndpointError  # the name judges' callers knew it by
 
 
 class MalformedVerdict(ValueError):
@@ -178,35 +154,29 @@ class OpenAIJudge:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ):
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
-        if parts.username or parts.password:
-            raise ValueError("base_url must not carry credentials: name the key's variable in api_key_env")
-        for field, value in (("timeout_s", timeout_s), ("deadline_s", deadline_s)):
-            if not value > 0:
-                raise ValueError(f"{field} must be > 0, got {value!r}")
-        if max_tokens < 1 or max_response_bytes < 1:
-            raise ValueError("max_tokens and max_response_bytes must be >= 1")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        self.name = name or f"openai:{model}"
+        self.http = EndpointClient(
+            base_url,
+            api_key_env=api_key_env,
+            timeout_s=timeout_s,
+            deadline_s=deadline_s,
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_response_bytes=max_response_bytes,
+            budget=budget,
+            name=f"judge {self.name}",
+            session=session,
+            sleep=sleep,
+            clock=clock,
+        )
+        self.url = self.http.url("chat/completions")
         self.model = model
-        self.api_key_env = api_key_env or None
         self.cache_dir = Path(cache_dir)
-        self.max_retries = max(0, int(max_retries))
-        self.backoff_s = max(0.0, float(backoff_s))
-        self.timeout_s = float(timeout_s)
-        self.deadline_s = float(deadline_s)
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens)
-        self.max_response_bytes = int(max_response_bytes)
-        self.name = name or f"openai:{model}"
-        self.budget = budget if budget is not None else RetryBudget(None)
-        self.session = session or requests.Session()
-        self._sleep = sleep
-        self._clock = clock
-        self.network_requests = 0  # attempts sent to the server (tests, logs)
-        if self.api_key_env and not os.environ.get(self.api_key_env):
-            log.warning("judge %s: %s is not set: requests go without an API key", self.name, self.api_key_env)
+        self.max_response_bytes = self.http.max_response_bytes
 
     @classmethod
     def from_config(cls, cfg: OpenAIJudgeCfg, *, budget: RetryBudget | None = None, **kw: Any) -> OpenAIJudge:
@@ -215,6 +185,19 @@ class OpenAIJudge:
 
     def __repr__(self) -> str:
         return f"OpenAIJudge(name={self.name!r}, url={self.url!r}, model={self.model!r})"
+
+    @property
+    def api_key_env(self) -> str | None:
+        return self.http.api_key_env
+
+    @property
+    def budget(self) -> RetryBudget:
+        return self.http.budget
+
+    @property
+    def network_requests(self) -> int:
+        """Attempts sent to the server (tests, logs)."""
+        return self.http.network_requests
 
     # ------------------------------------------------------------------ public
 
@@ -228,7 +211,7 @@ class OpenAIJudge:
         try:
             content = self._complete(messages)
             logic, novelty, rationale = parse_verdict(content)
-        except (MalformedVerdict, JudgeHTTPError) as err:
+        except (MalformedVerdict, EndpointError) as err:
             problem = self._redact(str(err))
             log.warning("judge %s: task %s: %s", self.name, task.id, problem)
             return Verdict(logic=None, novelty=None, error=problem, judge=self.name)
@@ -244,26 +227,8 @@ class OpenAIJudge:
         key = self.cache_key(messages)
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    # ------------------------------------------------------------------ secrets
-
-    def _key(self) -> str:
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-
     def _redact(self, text: str) -> str:
-        key = self._key()
-        return text.replace(key, REDACTED) if key else text
-
-    def _headers(self) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",  # the size cap counts what is read
-            "User-Agent": "bioreasoner/0.1 (python-requests)",
-        }
-        key = self._key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+        return self.http.redact(text)
 
     # ------------------------------------------------------------------ cache
 
@@ -307,7 +272,7 @@ class OpenAIJudge:
     # ------------------------------------------------------------------ HTTP
 
     def _complete(self, messages: list[dict[str, str]]) -> str:
-        """The assistant message content, after retries; JudgeHTTPError or MalformedVerdict otherwise."""
+        """The assistant message content, after retries; EndpointError or MalformedVerdict otherwise."""
         body = {
             "model": self.model,
             "messages": messages,
@@ -315,97 +280,7 @@ class OpenAIJudge:
             "max_tokens": self.max_tokens,
             "response_format": {"type": "json_object"},
         }
-        deadline = self._clock() + self.deadline_s
-        problem = ""
-        attempt = 0
-        while True:
-            left = deadline - self._clock()
-            if left <= 0:
-                raise JudgeHTTPError(f"POST {self.url}: deadline of {self.deadline_s:g}s passed ({problem})")
-            self.network_requests += 1
-            retry_after = None
-            timeout = min(self.timeout_s, left)
-            try:
-                resp = self.session.post(
-                    self.url, json=body, headers=self._headers(), timeout=(timeout, timeout), stream=True
-                )
-            except _NETWORK_ERRORS as err:
-                problem = f"connection error ({type(err).__name__})"
-            except requests.RequestException as err:  # a bad URL and the like: retrying won't help
-                raise JudgeHTTPError(f"POST {self.url} failed: {type(err).__name__}") from None
-            else:
-                with resp:
-                    try:
-                        if resp.status_code == 200:
-                            return _content(self._read_body(resp, deadline, self.max_response_bytes))
-                        problem = f"HTTP {resp.status_code}"
-                        if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
-                            snippet = self._read_body(resp, deadline, ERROR_SNIPPET_BYTES, cut=True)
-                            raise JudgeHTTPError(f"POST {self.url} failed: {problem}: {_printable(snippet)}")
-                    except _READ_ERRORS as err:
-                        problem = f"connection error while reading the reply ({type(err).__name__})"
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-            if attempt >= self.max_retries:
-                raise JudgeHTTPError(f"POST {self.url} failed after {attempt + 1} attempts: {problem}")
-            delay = retry_after if retry_after is not None else self.backoff_s * 2**attempt
-            if delay >= deadline - self._clock():
-                raise JudgeHTTPError(
-                    f"POST {self.url} failed: {problem}; a retry in {delay:g}s would pass the "
-                    f"{self.deadline_s:g}s deadline"
-                )
-            if not self.budget.take():
-                raise JudgeHTTPError(
-                    f"POST {self.url} failed: {problem}; not retried: the stage's retry budget "
-                    f"(judges.retry_budget = {self.budget.total}) is spent"
-                )
-            log.warning("judge %s: %s; retrying in %.2fs", self.name, problem, delay)
-            self._sleep(delay)
-            attempt += 1
-
-    def _read_body(self, resp: requests.Response, deadline: float, limit: int, cut: bool = False) -> bytes:
-        """At most `limit` bytes of the body, read in chunks against the deadline.
-
-        More than `limit` is a JudgeHTTPError, or just cut when `cut` (error snippets).
-        """
-        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            raise JudgeHTTPError(f"POST {self.url}: reply is {encoding!r}-encoded although identity was asked for")
-        declared = resp.headers.get("Content-Length", "")
-        if not cut and declared.isdigit() and int(declared) > limit:
-            raise JudgeHTTPError(f"POST {self.url}: reply of {declared} bytes exceeds max_response_bytes = {limit}")
-        raw = resp.raw
-        read = getattr(raw, "read1", None) or raw.read
-        buf = bytearray()
-        while True:
-            left = deadline - self._clock()
-            if left <= 0:
-                raise JudgeHTTPError(
-                    f"POST {self.url}: deadline of {self.deadline_s:g}s passed while reading the reply "
-                    f"({len(buf)} bytes in)"
-                )
-            _set_read_timeout(raw, min(self.timeout_s, left))
-            chunk = read(min(READ_CHUNK, limit + 1 - len(buf)), decode_content=False)
-            if not chunk:
-                return bytes(buf)
-            buf += chunk
-            if len(buf) > limit:
-                if cut:
-                    return bytes(buf[:limit])
-                raise JudgeHTTPError(f"POST {self.url}: reply exceeds max_response_bytes = {limit}: cut there")
-
-
-def _set_read_timeout(raw: Any, seconds: float) -> None:
-    """Shorten the socket timeout of a streamed urllib3 response (a no-op where it can't be reached)."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # a socket already closed by the server
-            sock.settimeout(max(seconds, 0.001))
-
-
-def _printable(data: bytes) -> str:
-    """An error body for one log line: decoded, control characters dropped, whitespace collapsed."""
-    text = data.decode("utf-8", errors="replace")
-    return " ".join("".join(ch if ch.isprintable() or ch.isspace() else "?" for ch in text).split())
+        return _content(self.http.post_json("chat/completions", body))
 
 
 def _content(data: bytes) -> str:
@@ -416,22 +291,3 @@ def _content(data: bytes) -> str:
     if not isinstance(content, str):
         raise MalformedVerdict("chat completion has no text content")
     return content
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header: a number, or an HTTP date (seconds from now)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None or when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
