@@ -169,7 +169,10 @@ def model_card(version: str, lineage: dict[str, Any], *, eval_metrics_path: str,
         "",
         f"`eval@{version}` scores this folder on the held-out test tasks after the merge and writes",
         f"`{eval_metrics_path}` (metric definitions in the repository README). See `dvc metrics show`,",
-        "or the annotated git tag of a released version, for the figures.",
+        "or the annotated git tag of a released version, for the figures. The `report` stage then",
+        "compares every version with its parent on the same tasks: `metrics/lineage.json` (values",
+        "with 95% intervals, paired deltas and whether each is significant) and",
+        "`reports/lineage.svg` (the lineage with intervals; `reports/curves_*.svg`: training curves).",
         "",
     ]
     return "\n".join(lines)
