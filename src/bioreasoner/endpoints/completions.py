@@ -76,8 +76,8 @@ def parse_completion(data: bytes, model: str) -> tuple[str, str, int, int]:
     ReplyError saying what is wrong. Linear time: one `json.loads`, then field look-ups."""
     try:
         reply = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReplyError(f"reply is not JSON ({type(err).__name__} at byte {getattr(err, 'pos', '?')})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: [[[[...
+        raise ReplyError(f"reply is not JSON ({type(err).__name__})") from None
     if not isinstance(reply, dict):
         raise ReplyError(f"reply is a JSON {type(reply).__name__}, not an object")
     if reply.get("model") != model:
@@ -104,7 +104,7 @@ def served_names(data: bytes) -> list[str]:
     """The model ids in a `/models` reply (OpenAI's list format), or ReplyError."""
     try:
         reply = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ReplyError("/models reply is not JSON") from None
     entries = reply.get("data") if isinstance(reply, dict) else None
     if not isinstance(entries, list):
