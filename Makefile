@@ -17,7 +17,7 @@ UV_VERSION := 0.13.9
 LOCK_TOOLS := .cache/lock-tools
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup lock repro test lint clean dag release
+.PHONY: setup lock repro test lint clean dag release preset
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,16 @@ lint: setup
 
 dag: setup
 	dvc dag
+
+# A params preset, deep-merged into params.yaml (validated first, comments kept; README, GPU preset):
+#   make preset PRESET=qwen2.5-7b-qlora
+ifneq ($(filter preset,$(MAKECMDGOALS)),)
+ifndef PRESET
+$(error usage: make preset PRESET=qwen2.5-7b-qlora (a file in presets/))
+endif
+endif
+preset: setup
+	python scripts/apply_preset.py "presets/$(PRESET).yaml"
 
 # Model versions are GTO tags: `make release VERSION=v3.0` tags bioreasoner@v3.0.0 (see scripts/release.py).
 ifneq ($(filter release,$(MAKECMDGOALS)),)

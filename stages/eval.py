@@ -3,8 +3,11 @@
     dvc repro eval@sft
     python stages/eval.py --version sft --model models/merged/sft
 
-Generates with seeded, batched sampling (one seed per task, so any row can be regenerated
-alone), parses every response (`bioreasoner.core.parsing`), asks each configured judge for a
+Generates with seeded sampling (one seed per task, so any row can be regenerated alone) through
+`eval.backend`: `hf` in this process, `vllm` in-process on CUDA, or `openai`: one request per task
+to a server started on the model folder (`vllm serve models/merged/V`, params `eval.server`; it
+must list that folder's name in `/models`; DVC tracks the folder, not what the server loaded).
+Then it parses every response (`bioreasoner.core.parsing`), asks each configured judge for a
 verdict (the first one is primary), applies the one pass rule (`judges.pass_rule`, the rule
 the filter applies), and writes one readable row per task to `data/eval/V.jsonl` and the
 aggregate metrics (defined in README and `bioreasoner.scoring.eval_metrics`) to
@@ -89,22 +92,40 @@ def main() -> None:
     # -- model: torch and transformers load only now, so bad params or data fail in a second
     import torch
 
-    from bioreasoner.modeling.generation import SamplingParams, item_seed, sample
+    from bioreasoner.endpoints.completions import ServedSampler
+    from bioreasoner.modeling.generation import (
+        SamplingParams,
+        check_backend,
+        item_seed,
+        render_prompt,
+        sample,
+        sample_vllm,
+    )
     from bioreasoner.modeling.models import load_model, load_tokenizer
     from bioreasoner.training.data import prompt_messages
 
     gen = SamplingParams(**p.eval.generation.model_dump())
+    check_backend(p.eval.backend)
     torch.manual_seed(p.seed)
     seeds = [item_seed(p.seed, "eval", t.id) for t in tasks]
     trust = p.model.trust_remote_code
-    tokenizer = load_tokenizer(args.model, trust_remote_code=trust)
-    model = load_model(args.model, trust_remote_code=trust, dtype=p.model.dtype)
-    if torch.cuda.is_available():
-        model.to("cuda")
-
-    # -- generate and score
+    tokenizer = load_tokenizer(args.model, trust_remote_code=trust)  # every backend renders prompts here
     prompts = [prompt_messages(t) for t in tasks]
-    responses = sample(model, tokenizer, prompts, seeds, gen, desc=f"eval {args.version}")
+    desc = f"eval {args.version}"
+
+    # -- generate (in this process, in vLLM's, or on a server started on --model) and score
+    if p.eval.backend == "openai":
+        sampler = ServedSampler(p.eval.server, model=args.model, name=desc)
+        sampler.check_model()  # a server left on another version is refused here
+        rendered = [render_prompt(tokenizer, m, gen.prefix) for m in prompts]
+        responses = sampler.sample(rendered, seeds, gen, keys=[t.id for t in tasks], desc=desc)
+    elif p.eval.backend == "vllm":
+        responses = sample_vllm(args.model, [render_prompt(tokenizer, m, gen.prefix) for m in prompts], seeds, gen)
+    else:
+        model = load_model(args.model, trust_remote_code=trust, dtype=p.model.dtype)
+        if torch.cuda.is_available():
+            model.to("cuda")
+        responses = sample(model, tokenizer, prompts, seeds, gen, desc=desc)
     verdicts = score_all(
         judges,
         tasks,

@@ -12,6 +12,13 @@ text that is scored and paired (the notebook's entry 4 fix for missing think blo
 Resumable: each finished batch is appended to `checkpoints/rounds/R/<fingerprint>/` (outside
 the outs, which DVC deletes before a run); a re-run after a kill skips finished batches, and the
 batches are planned from the inputs alone, so the final file equals an uninterrupted run's.
+
+Backends (`rounds.R.backend`): `hf` samples in this process; `vllm` with vLLM's in-process
+engine (CUDA); `openai` sends each item, with its seed, to the completions endpoint of a server
+that the user started on the policy folder (`vllm serve models/merged/v2_0`, params
+`rounds.R.server`). Prompts are rendered here from the policy folder's chat template in every
+case; the server must list the folder's name in `/models` or the stage stops before sampling.
+DVC tracks the folder, not what the server loaded: serve the folder this stage declares.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from bioreasoner.core import config
 from bioreasoner.core.io import BadInputError, read_jsonl, run_stage, write_jsonl
 from bioreasoner.core.records import Candidate, Task
+from bioreasoner.endpoints.completions import ServedSampler
 from bioreasoner.modeling.generation import SamplingParams, check_backend, item_seed, render_prompt, sample, sample_vllm
 from bioreasoner.modeling.models import load_model, load_tokenizer
 from bioreasoner.training.common import checkpoint_dir, fingerprint
@@ -89,31 +97,42 @@ def main() -> None:
         args.checkpoints or f"checkpoints/rounds/{args.round}", fingerprint(used, [args.tasks, args.policy])
     )
     partial = ckpt / "candidates.partial.jsonl"
+    previous = read_partial(partial)
+    done = {i: previous[(t.id, s)] for i, (t, s) in enumerate(items) if (t.id, s) in previous}
+    if done and cfg.backend != "vllm":
+        log.info("resuming: %d of %d candidates already generated", len(done), len(items))
+
+    def append(idx: list[int], texts: list[str]) -> None:
+        with open(partial, "a", encoding="utf-8") as f:
+            f.write(
+                "".join(
+                    json.dumps({"task_id": items[i][0].id, "sample": items[i][1], "text": t}) + "\n"
+                    for i, t in zip(idx, texts, strict=True)
+                )
+            )
+            f.flush()
+            os.fsync(f.fileno())
+
+    desc = f"candidates {args.round}"
     if cfg.backend == "vllm":
         texts = sample_vllm(args.policy, [render_prompt(tokenizer, m, gen.prefix) for m in prompts], seeds, gen)
+    elif cfg.backend == "openai":  # a served copy of --policy; see ServerCfg and README (Serving)
+        sampler = ServedSampler(cfg.server, model=args.policy, name=desc)
+        sampler.check_model()
+        texts = sampler.sample(
+            [render_prompt(tokenizer, m, gen.prefix) for m in prompts],
+            seeds,
+            gen,
+            keys=[f"{t.id} sample {s}" for t, s in items],
+            desc=desc,
+            done=done,
+            on_item=lambda i, text: append([i], [text]),
+        )
     else:
         model = load_model(args.policy, trust_remote_code=trust, dtype=mcfg.dtype)
         if torch.cuda.is_available():
             model.to("cuda")
-        previous = read_partial(partial)
-        done = {i: previous[(t.id, s)] for i, (t, s) in enumerate(items) if (t.id, s) in previous}
-        if done:
-            log.info("resuming: %d of %d candidates already generated", len(done), len(items))
-
-        def append(idx: list[int], texts: list[str]) -> None:
-            with open(partial, "a", encoding="utf-8") as f:
-                f.write(
-                    "".join(
-                        json.dumps({"task_id": items[i][0].id, "sample": items[i][1], "text": t}) + "\n"
-                        for i, t in zip(idx, texts, strict=True)
-                    )
-                )
-                f.flush()
-                os.fsync(f.fileno())
-
-        texts = sample(
-            model, tokenizer, prompts, seeds, gen, desc=f"candidates {args.round}", done=done, on_batch=append
-        )
+        texts = sample(model, tokenizer, prompts, seeds, gen, desc=desc, done=done, on_batch=append)
 
     # -- write (atomically) and drop the partial file
     rows = [

@@ -13,6 +13,11 @@ weights (grounding, format, quality, correctness). The drawn prompts are an out
 DVCLive logs the total and per-term reward, KL, completion length and the clipped share;
 `metrics/grpo.json` has each term's mean over the first and the last five logged steps, so a
 reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
+
+Sampling: transformers by default; `grpo.use_vllm: true` uses TRL's vLLM, in this process
+(`vllm_mode: colocate`) or on a `trl vllm-serve --model <policy>` server (`vllm_mode: server`,
+`vllm_server_host` / `vllm_server_port` or `vllm_server_base_url`: TRL's own field names). Both
+need vllm and CUDA here (TRL syncs weights to the server), checked before any model loads.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from bioreasoner.core import config
 from bioreasoner.core.config import StageParams
 from bioreasoner.core.io import BadInputError, run_stage
 from bioreasoner.core.records import Task
-from bioreasoner.modeling.generation import check_backend
+from bioreasoner.modeling.generation import check_trl_vllm
 from bioreasoner.modeling.models import load_for_training, load_tokenizer
 from bioreasoner.scoring.rewards import build_rewards, to_grpo_row
 from bioreasoner.training.data import read_tasks, write_task_ids
@@ -51,8 +56,8 @@ def prompts_per_step(p: StageParams) -> int:
 
 def build_trainer(p: StageParams, tasks: list[Task], policy: str, run: TrainingRun) -> GRPOTrainer:
     cfg = p.grpo
-    if cfg.use_vllm:
-        check_backend("vllm")
+    if cfg.use_vllm:  # TRL's GRPOConfig fields: use_vllm, vllm_mode, vllm_server_host / _port / _base_url
+        check_trl_vllm(cfg.vllm_mode)
     tokenizer = load_tokenizer(policy, trust_remote_code=p.model.trust_remote_code)
     model = load_for_training(policy, p.model, gradient_checkpointing=cfg.gradient_checkpointing)
     funcs, weights = build_rewards(cfg.rewards)

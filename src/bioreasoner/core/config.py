@@ -83,6 +83,33 @@ class GenerationCfg(Section):
     batch_size: PosInt = 32
 
 
+# `hf`: our KV-cached loop in-process; `vllm`: vLLM's in-process engine (CUDA); `openai`: one
+# request per item to an OpenAI-compatible completions endpoint (`vllm serve <model folder>`).
+Backend = Literal["hf", "vllm", "openai"]
+
+
+class ServerCfg(Section):
+    """A served copy of the model a stage samples (`backend: openai`): the OpenAI-compatible
+    `/completions` endpoint that `vllm serve models/merged/<V>` exposes, at `base_url`.
+
+    DVC cannot see what a remote server has loaded: the stage renders prompts with the model
+    folder it declares as a dep, and refuses to start unless `<base_url>/models` lists
+    `model` (default: that folder's path, the name `vllm serve <folder>` serves it under).
+    """
+
+    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # e.g. http://127.0.0.1:8000/v1; no user:pass@
+    model: str | None = None  # served name; null = the stage's model folder as written in dvc.yaml
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the key's variable, never the key
+    max_concurrency: Annotated[int, Field(gt=0, le=256)] = 16  # requests in flight (vLLM batches them)
+    add_special_tokens: StrictBool | None = False  # vLLM's field; false = tokenize as the hf path does; null = not sent
+    timeout_s: PosFloat = 120.0  # per HTTP attempt
+    deadline_s: PosFloat = 600.0  # per item, retries and waits included
+    max_retries: NonNegInt = 3
+    backoff_s: NonNegFloat = 1.0
+    retry_budget: NonNegInt = 100  # HTTP retries per stage, all items together
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is an error
+
+
 # --------------------------------------------------------------------------- data stages
 
 
@@ -341,7 +368,8 @@ class RoundCfg(Section):
     prompts: NonNegInt = 0  # train tasks drawn (seeded); 0 = all
     samples_per_prompt: PosInt = 1
     force_think: StrictBool = False
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Backend = "hf"
+    server: ServerCfg | None = None  # backend openai: where the policy is served
     generation: GenerationCfg = GenerationCfg()
     pairs: PairsCfg = PairsCfg()
     dpo: dict[str, Any] = {}  # overrides of the shared `dpo:` section, validated merged
@@ -350,7 +378,13 @@ class RoundCfg(Section):
     def _best_of_n_needs_samples(self) -> RoundCfg:
         if self.mode == "best_of_n" and self.samples_per_prompt < 2:
             raise ValueError("mode best_of_n needs samples_per_prompt >= 2")
+        _check_server(self.backend, self.server)
         return self
+
+
+def _check_server(backend: str, server: ServerCfg | None) -> None:
+    if backend == "openai" and server is None:
+        raise ValueError("backend openai needs `server:` (base_url of the completions endpoint serving the model)")
 
 
 class GroundingRewardCfg(Section):
@@ -393,6 +427,14 @@ class GRPOCfg(_Trainer):
     top_p: TopP = 1.0
     generation_kwargs: dict[str, Any] = {}
     use_vllm: StrictBool = False
+    # TRL's vLLM modes: `colocate` runs vLLM inside the training process; `server` talks to
+    # `trl vllm-serve --model <policy>` (its own GPU) at vllm_server_base_url or host:port.
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_server_base_url: str | None = Field(None, pattern=r"^https?://[^/@\s]+(/\S*)?$")  # overrides host/port
+    vllm_server_host: str = Field("0.0.0.0", min_length=1)  # TRL's default; the address the trainer connects to
+    vllm_server_port: Annotated[int, Field(gt=0, lt=65536)] = 8000
+    vllm_server_timeout: PosFloat = 240.0  # seconds to wait for the server at start
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.3  # colocate: vLLM's share of the GPU
     rewards: RewardsCfg
 
     @model_validator(mode="after")
@@ -403,6 +445,8 @@ class GRPOCfg(_Trainer):
                 f"per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a multiple "
                 f"of num_generations ({self.num_generations})"
             )
+        if self.vllm_mode == "server" and not self.use_vllm:
+            raise ValueError("vllm_mode server needs use_vllm: true")
         return self
 
 
@@ -457,6 +501,13 @@ class EvalCfg(Section):
     models: dict[Name, str] = Field(min_length=1)  # version -> model folder
     generation: GenerationCfg
     max_tasks_per_type: NonNegInt = 0  # 0 = every test task
+    backend: Backend = "hf"
+    server: ServerCfg | None = None  # backend openai: serves the version being evaluated
+
+    @model_validator(mode="after")
+    def _server(self) -> EvalCfg:
+        _check_server(self.backend, self.server)
+        return self
 
 
 class ReportCfg(Section):

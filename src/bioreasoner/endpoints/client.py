@@ -170,6 +170,13 @@ class EndpointClient:
 
     def post_json(self, path: str, body: dict[str, Any]) -> bytes:
         """The body of a 200 reply to POST `path`, after retries; EndpointError otherwise."""
+        return self._request("POST", path, body)
+
+    def get_json(self, path: str) -> bytes:
+        """The body of a 200 reply to GET `path` (e.g. `models`), with the same limits and retries."""
+        return self._request("GET", path, None)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None) -> bytes:
         url = self.url(path)
         deadline = self._clock() + self.deadline_s
         problem = ""
@@ -177,58 +184,59 @@ class EndpointClient:
         while True:
             left = deadline - self._clock()
             if left <= 0:
-                raise EndpointError(f"POST {url}: deadline of {self.deadline_s:g}s passed ({problem})")
+                raise EndpointError(f"{method} {url}: deadline of {self.deadline_s:g}s passed ({problem})")
             with self._lock:
                 self.network_requests += 1
             retry_after = None
             timeout = min(self.timeout_s, left)
             try:
-                resp = self.session.post(
-                    url, json=body, headers=self.headers(), timeout=(timeout, timeout), stream=True
+                resp = self.session.request(
+                    method, url, json=body, headers=self.headers(), timeout=(timeout, timeout), stream=True
                 )
             except _NETWORK_ERRORS as err:
                 problem = f"connection error ({type(err).__name__})"
             except requests.RequestException as err:  # a bad URL and the like: retrying won't help
-                raise EndpointError(f"POST {url} failed: {type(err).__name__}") from None
+                raise EndpointError(f"{method} {url} failed: {type(err).__name__}") from None
             else:
                 with resp:
                     try:
                         if resp.status_code == 200:
-                            return self._read_body(resp, url, deadline, self.max_response_bytes)
+                            return self._read_body(resp, f"{method} {url}", deadline, self.max_response_bytes)
                         problem = f"HTTP {resp.status_code}"
                         if resp.status_code not in RETRY_STATUS and resp.status_code < 500:
-                            snippet = self._read_body(resp, url, deadline, ERROR_SNIPPET_BYTES, cut=True)
-                            raise EndpointError(self.redact(f"POST {url} failed: {problem}: {printable(snippet)}"))
+                            snippet = self._read_body(resp, f"{method} {url}", deadline, ERROR_SNIPPET_BYTES, cut=True)
+                            raise EndpointError(self.redact(f"{method} {url} failed: {problem}: {printable(snippet)}"))
                     except _READ_ERRORS as err:
                         problem = f"connection error while reading the reply ({type(err).__name__})"
                     retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
             if attempt >= self.max_retries:
-                raise EndpointError(f"POST {url} failed after {attempt + 1} attempts: {problem}")
+                raise EndpointError(f"{method} {url} failed after {attempt + 1} attempts: {problem}")
             delay = retry_after if retry_after is not None else self.backoff_s * 2**attempt
             if delay >= deadline - self._clock():
                 raise EndpointError(
-                    f"POST {url} failed: {problem}; a retry in {delay:g}s would pass the {self.deadline_s:g}s deadline"
+                    f"{method} {url} failed: {problem}; a retry in {delay:g}s would pass the "
+                    f"{self.deadline_s:g}s deadline"
                 )
             if not self.budget.take():
                 raise EndpointError(
-                    f"POST {url} failed: {problem}; not retried: the stage's retry budget "
+                    f"{method} {url} failed: {problem}; not retried: the stage's retry budget "
                     f"({self.budget.param} = {self.budget.total}) is spent"
                 )
             log.warning("%s: %s; retrying in %.2fs", self.name, problem, delay)
             self._sleep(delay)
             attempt += 1
 
-    def _read_body(self, resp: requests.Response, url: str, deadline: float, limit: int, cut: bool = False) -> bytes:
-        """At most `limit` bytes of the body, read in chunks against the deadline.
+    def _read_body(self, resp: requests.Response, what: str, deadline: float, limit: int, cut: bool = False) -> bytes:
+        """At most `limit` bytes of the body, read in chunks against the deadline (`what`: "POST <url>").
 
         More than `limit` is an EndpointError, or just cut when `cut` (error snippets).
         """
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise EndpointError(f"POST {url}: reply is {encoding!r}-encoded although identity was asked for")
+            raise EndpointError(f"{what}: reply is {encoding!r}-encoded although identity was asked for")
         declared = resp.headers.get("Content-Length", "")
         if not cut and declared.isdigit() and int(declared) > limit:
-            raise EndpointError(f"POST {url}: reply of {declared} bytes exceeds max_response_bytes = {limit}")
+            raise EndpointError(f"{what}: reply of {declared} bytes exceeds max_response_bytes = {limit}")
         raw = resp.raw
         read = getattr(raw, "read1", None) or raw.read
         buf = bytearray()
@@ -236,7 +244,7 @@ class EndpointClient:
             left = deadline - self._clock()
             if left <= 0:
                 raise EndpointError(
-                    f"POST {url}: deadline of {self.deadline_s:g}s passed while reading the reply ({len(buf)} bytes in)"
+                    f"{what}: deadline of {self.deadline_s:g}s passed while reading the reply ({len(buf)} bytes in)"
                 )
             _set_read_timeout(raw, min(self.timeout_s, left))
             chunk = read(min(READ_CHUNK, limit + 1 - len(buf)), decode_content=False)
@@ -246,7 +254,7 @@ class EndpointClient:
             if len(buf) > limit:
                 if cut:
                     return bytes(buf[:limit])
-                raise EndpointError(f"POST {url}: reply exceeds max_response_bytes = {limit}: cut there")
+                raise EndpointError(f"{what}: reply exceeds max_response_bytes = {limit}: cut there")
 
 
 def _set_read_timeout(raw: Any, seconds: float) -> None:

@@ -208,15 +208,33 @@ def decode(
 
 
 def check_backend(name: str) -> None:
-    """`hf` always works; `vllm` needs the package and a CUDA GPU, and says which is missing."""
-    if name == "hf":
+    """`hf` always works, `openai` needs only its server (checked by `ServedSampler.check_model`);
+    `vllm` needs the package and a CUDA GPU, and says which is missing."""
+    if name in ("hf", "openai"):
         return
     if name != "vllm":
-        raise ValueError(f"generation backend must be 'hf' or 'vllm', got {name!r}")
+        raise ValueError(f"generation backend must be 'hf' or 'vllm' (in-process) or 'openai' (served), got {name!r}")
     if importlib.util.find_spec("vllm") is None:
-        raise RuntimeError("backend: vllm needs the vllm package (pip install vllm, CUDA only); use backend: hf")
+        raise RuntimeError(
+            "backend: vllm needs the vllm package (pip install vllm, CUDA only); "
+            "use backend: hf, or backend: openai against a `vllm serve` elsewhere"
+        )
     if not torch.cuda.is_available():
-        raise RuntimeError("backend: vllm needs a CUDA GPU; none is available. Use backend: hf")
+        raise RuntimeError("backend: vllm needs a CUDA GPU; none is available. Use backend: hf, or backend: openai")
+
+
+def check_trl_vllm(mode: str) -> None:
+    """`grpo.use_vllm`: TRL needs the vllm package and CUDA on the training machine in both of
+    its modes (`colocate` runs the engine in-process; `server` pushes weights to `trl vllm-serve`
+    over NCCL), so say which is missing before any model is loaded."""
+    fix = "set grpo.use_vllm: false (sampling through transformers)"
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(
+            f"grpo.use_vllm (vllm_mode {mode}) needs the vllm package on the training machine "
+            f"(pip install -e '.[cuda]', CUDA only); {fix}"
+        )
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"grpo.use_vllm (vllm_mode {mode}) needs a CUDA GPU; none is available; {fix}")
 
 
 def sample_vllm(model_dir: str, prompts: Sequence[str], seeds: Sequence[int], params: SamplingParams) -> list[str]:
