@@ -60,7 +60,10 @@ def test_the_preset_merges_with_comments_kept(merged):
     assert (p.dpo.beta, p.dpo.learning_rate, p.dpo.max_length, p.sft.max_length) == (0.1, 2e-6, 4096, 8192)
     assert [j.name for j in p.judges.panel] == ["lead", "second"] and {j.kind for j in p.judges.panel} == {"openai"}
     assert p.rounds["v2_1"].dpo == {"lora": {"r": 32, "alpha": 64}}  # kept: the preset does not name it
-    assert p.rounds["v2_1"].prompts == 300 and p.rounds["v2_1"].backend == preset["rounds"]["v2_1"]["backend"]
+    assert (
+        p.rounds["v2_1"].prompts == yaml.safe_load(before)["rounds"]["v2_1"]["prompts"]
+        and p.rounds["v2_1"].backend == preset["rounds"]["v2_1"]["backend"]
+    )
     # sections the preset does not touch are byte-identical; comments stay, new values carry the preset's
     for name in ("harvest", "split", "base", "pretrain", "report"):
         assert section(after, name) == section(before, name), name
