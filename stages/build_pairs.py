@@ -5,7 +5,9 @@
         --out data/rounds/v2_1/pairs.jsonl --metrics metrics/rounds/v2_1/pairs.json
 
 `rounds.R.mode`: `distill` pairs the task's reference (chosen, scored by the primary judge of
-`judges.panel` like the candidates) with a student sample (rejected); `best_of_n` pairs the
+`judges.panel` like the candidates) with a student sample (rejected); the references are the
+teacher stage's (`--references`), and a task the teacher dropped (`teacher.on_reject: drop`)
+makes no distillation pair (counted as `prompts_without_reference`); `best_of_n` pairs the
 best passed candidate with the worst (see `bioreasoner.training.pairs`). When there are fewer
 pairs than `dpo.min_pairs` (with round R's `dpo:` overrides) the stage still runs, warns loudly
 and records `underpowered: true` (the notebook's v2.2: 35 pairs, margin 0.027, worse than
@@ -47,7 +49,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--round", required=True)
     ap.add_argument("--candidates-dir", required=True, help="folder with passed.jsonl and rejected.jsonl")
-    ap.add_argument("--tasks", default="data/tasks/train.jsonl")
+    ap.add_argument("--tasks", default="data/tasks/train.jsonl", help="the tasks the candidates answer")
+    ap.add_argument("--references", default="data/teacher/train.jsonl", help="the teacher stage's tasks (distill)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
@@ -83,7 +86,11 @@ def main() -> None:
 
     # -- pairs
     pairs: list[Pair] = []
+    dropped = 0
     if rnd.mode == "distill":
+        taught = unique_ids(args.references, read_jsonl(args.references, Task), lambda t: t.id)
+        dropped = sum(t.id not in taught for t in tasks)
+        tasks = [taught[t.id] for t in tasks if t.id in taught]
         # the reference is scored like the candidates: by the primary judge
         [verdicts] = score_all(
             build_judges(p.judges.panel[:1], retry_budget=p.judges.retry_budget),
@@ -102,6 +109,8 @@ def main() -> None:
     # -- write pairs and metrics
     write_jsonl(args.out, pairs)
     metrics = pair_metrics(pairs, prompts=len(tasks), min_pairs=min_pairs)
+    if dropped:
+        metrics["prompts_without_reference"] = dropped
     write_json(args.metrics, metrics)
     if metrics["underpowered"]:
         log.warning(

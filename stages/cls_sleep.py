@@ -73,7 +73,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--parent", default=None, help="default: merge.versions.v3_0.parent (grpo's policy)")
     ap.add_argument("--grpo", default="models/adapters/grpo", help="the GRPO adapter (teacher)")
     ap.add_argument("--grpo-prompts", default="data/grpo/prompts.jsonl", help="task ids grpo trained on")
-    ap.add_argument("--train", default="data/tasks/train.jsonl")
+    ap.add_argument("--train", default="data/tasks/train.jsonl", help="the tasks grpo's prompt ids name")
+    ap.add_argument("--sft-tasks", default="data/teacher/train.jsonl", help="what sft learned: replayed references")
     ap.add_argument("--test", default="data/tasks/test.jsonl")
     ap.add_argument("--rounds-dir", default="data/rounds", help="holds <round>/pairs.jsonl for every round")
     ap.add_argument("--out", default="models/adapters/cls")
@@ -96,8 +97,9 @@ def main() -> None:
     evals = held_out(read_tasks(args.test, what="test tasks"), cfg.eval_per_type)
     grpo_tasks = read_task_ids(args.grpo_prompts, train)
     pair_files = [Path(args.rounds_dir) / name / "pairs.jsonl" for name in p.rounds]
-    replay = replay_rows(p, train, pair_files, rng, seed) if cfg.enabled else []
-    inputs = [parent, args.grpo, args.train, args.test, args.grpo_prompts, *pair_files]
+    sft_tasks = read_tasks(args.sft_tasks, what="sft tasks (the teacher's references)")
+    replay = replay_rows(p, sft_tasks, pair_files, rng, seed) if cfg.enabled else []
+    inputs = [parent, args.grpo, args.train, args.sft_tasks, args.test, args.grpo_prompts, *pair_files]
     run = TrainingRun("cls_sleep", p.used(), inputs, out=args.out, metrics=args.metrics)
 
     # -- 3. models: one parent, two adapters (teacher = GRPO, student = fresh); A at parent and grpo

@@ -8,8 +8,10 @@ Generates with seeded sampling (one seed per task, so any row can be regenerated
 to a server started on the model folder (`vllm serve models/merged/V`, params `eval.server`; it
 must list that folder's name in `/models`; DVC tracks the folder, not what the server loaded).
 Then it parses every response (`bioreasoner.core.parsing`), asks each configured judge for a
-verdict (the first one is primary), applies the one pass rule (`judges.pass_rule`, the rule
-the filter applies), and writes one readable row per task to `data/eval/V.jsonl` and the
+verdict (the first one is primary; `judges.max_concurrency` requests in flight), applies the one
+pass rule (`judges.pass_rule`, the rule the filter applies) combined over the panel by
+`judges.verdict` (`bioreasoner.scoring.tribunal`), and writes one readable row per task to
+`data/eval/V.jsonl` and the
 aggregate metrics (defined in README and `bioreasoner.scoring.eval_metrics`) to
 `metrics/eval/V.json`.
 
@@ -43,6 +45,7 @@ from bioreasoner.reporting.lineage import version_metrics
 from bioreasoner.scoring.eval_metrics import aggregate, score_response
 from bioreasoner.scoring.filtering import pass_calls
 from bioreasoner.scoring.judge import agreement, build_judges, score_all
+from bioreasoner.scoring.tribunal import agreement_report, tribunal_reasons
 
 log = logging.getLogger("eval")
 
@@ -132,11 +135,17 @@ def main() -> None:
         responses,
         fail_fast_after=p.judges.fail_fast_after,
         max_error_rate=p.judges.max_error_rate,
+        max_concurrency=p.judges.max_concurrency,
     )
+    parsed = [parse_response(r) for r in responses]
+    sources = [t.source_pmids for t in tasks]
     rows: list[dict[str, Any]] = []
     for i, (task, response) in enumerate(zip(tasks, responses, strict=True)):
         row = score_response(task, response, corpus_pmids, verdicts[0][i], rule)
         row["seed"] = seeds[i]
+        if p.judges.verdict != "primary":  # the tribunal's call replaces the primary judge's
+            row["reasons"] = tribunal_reasons(parsed[i], sources[i], [v[i] for v in verdicts], rule, p.judges.verdict)
+            row["passed"] = not row["reasons"]
         if len(judges) > 1:
             row["judges"] = {
                 j.name: {"logic": v[i].logic, "novelty": v[i].novelty, "error": v[i].error}
@@ -148,11 +157,11 @@ def main() -> None:
     write_jsonl(out, rows)
     metrics: dict[str, Any] = {"version": args.version, **aggregate(rows)}
     # each judge's own pass/fail (the same rule, that judge's verdicts) against the primary's
-    parsed = [parse_response(r) for r in responses]
-    sources = [t.source_pmids for t in tasks]
-    primary = pass_calls(parsed, sources, verdicts[0], rule)
-    for j, v in zip(judges[1:], verdicts[1:], strict=True):
-        metrics.setdefault("judge_agreement", {})[j.name] = agreement(primary, pass_calls(parsed, sources, v, rule))
+    calls = [pass_calls(parsed, sources, v, rule) for v in verdicts]
+    for j, other in zip(judges[1:], calls[1:], strict=True):
+        metrics.setdefault("judge_agreement", {})[j.name] = agreement(calls[0], other)
+    if len(judges) > 1:
+        metrics["tribunal"] = agreement_report([j.name for j in judges], calls, p.judges.verdict)
     # every rate, ratio and mean with its interval (Wilson / bootstrap), as metrics/lineage.json has it
     metrics["intervals"] = {
         name: {"lo": m["lo"], "hi": m["hi"], "n": m["n"]}

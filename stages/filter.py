@@ -4,11 +4,13 @@
     python stages/filter.py --round v2_1 --candidates data/rounds/v2_1/candidates.jsonl \
         --out-dir data/rounds/v2_1 --metrics metrics/rounds/v2_1/filter.json
 
-Every judge in `judges.panel` scores every candidate (the first is primary: its logic + novelty
-is the candidate's `score`); the one pass rule, `judges.pass_rule` (`bioreasoner.scoring.filtering`,
-the rule eval applies too), gives each rejected row its reasons. Metrics count passes and each
+Every judge in `judges.panel` scores every candidate, `judges.max_concurrency` requests at a
+time (the first is primary: its logic + novelty is the candidate's `score`); the one pass rule,
+`judges.pass_rule` (`bioreasoner.scoring.filtering`, the rule eval applies too), gives each
+judge's call and `judges.verdict` (`bioreasoner.scoring.tribunal`: primary, unanimous,
+majority) combines them, with each rejected row's reasons. Metrics count passes and each
 reason, the share of candidates without a think block, and with several judges their pass/fail
-agreement and Cohen's kappa.
+agreement and Cohen's kappa (each against the primary, every pair, each against the verdict).
 
 An empty candidates or tasks file, a repeated task id, a repeated (task_id, sample) or a
 candidate of an unknown task is one error line and exit 1, as is a judge that fails on too many
@@ -35,8 +37,9 @@ from bioreasoner.core.io import (
 )
 from bioreasoner.core.parsing import parse_response
 from bioreasoner.core.records import Candidate, Task
-from bioreasoner.scoring.filtering import REASONS, fail_reasons, pass_calls
+from bioreasoner.scoring.filtering import REASONS, pass_calls
 from bioreasoner.scoring.judge import agreement, build_judges, score_all
+from bioreasoner.scoring.tribunal import agreement_report, tribunal_reasons
 
 log = logging.getLogger("filter")
 
@@ -76,6 +79,7 @@ def main() -> None:
         [c.text for c in candidates],
         fail_fast_after=p.judges.fail_fast_after,
         max_error_rate=p.judges.max_error_rate,
+        max_concurrency=p.judges.max_concurrency,
     )
     scored: list[Candidate] = []
     for i, c in enumerate(candidates):
@@ -86,7 +90,9 @@ def main() -> None:
                     "logic": v.logic,
                     "novelty": v.novelty,
                     "score": None if v.mean is None else round(v.logic + v.novelty, 4),
-                    "reasons": fail_reasons(parsed[i], sources[i], v, rule),
+                    "reasons": tribunal_reasons(
+                        parsed[i], sources[i], [vs[i] for vs in verdicts], rule, p.judges.verdict
+                    ),
                     "judges": {
                         j.name: {"logic": vs[i].logic, "novelty": vs[i].novelty, "error": vs[i].error}
                         for j, vs in zip(judges, verdicts, strict=True)
@@ -117,6 +123,8 @@ def main() -> None:
     calls = [pass_calls(parsed, sources, vs, rule) for vs in verdicts]
     for j, other in zip(judges[1:], calls[1:], strict=True):
         metrics.setdefault("judge_agreement", {})[j.name] = agreement(calls[0], other)
+    if len(judges) > 1:
+        metrics["tribunal"] = agreement_report([j.name for j in judges], calls, p.judges.verdict)
     write_jsonl(out / "passed.jsonl", passed)
     write_jsonl(out / "rejected.jsonl", rejected)
     write_json(args.metrics, metrics)

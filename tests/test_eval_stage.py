@@ -98,13 +98,18 @@ def test_eval_rows_metrics_and_determinism(project, tiny_base):
 
     metrics = json.loads((project / "metrics/eval/t.json").read_text())
     assert metrics["version"] == "t"
-    assert {k: v for k, v in metrics.items() if k not in ("version", "judge_agreement", "intervals")} == aggregate(rows)
+    assert {
+        k: v for k, v in metrics.items() if k not in ("version", "judge_agreement", "tribunal", "intervals")
+    } == aggregate(rows)
     # every rate carries its Wilson interval around the value, over the rows it counts
     hall = metrics["intervals"]["hallucination_rate"]
     assert hall["n"] == 6 and hall["lo"] <= metrics["hallucination_rate"] <= hall["hi"]
     assert metrics["n_by_type"] == {"gap_analysis": 2, "qa": 4} and metrics["pubmedqa_n"] == 4
     agree = metrics["judge_agreement"]["openai:m"]
     assert agree["n"] == 6 and 0 <= agree["agreement"] <= 1
+    # the tribunal block: the same pair, and each judge against the verdict (primary: the rubric)
+    assert metrics["tribunal"]["pairwise"]["rubric vs openai:m"] == agree
+    assert metrics["tribunal"]["vs_verdict"]["rubric"]["agreement"] == 1.0
 
 
 @pytest.mark.slow

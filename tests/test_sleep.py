@@ -123,7 +123,8 @@ def test_stage_replays_every_round_and_the_prompts_grpo_trained_on(tiny_base, tm
         (tmp_path / "rounds" / r / "pairs.jsonl").write_text("".join(x.model_dump_json() + "\n" for x in pairs))
     write_params(tmp_path / "params.yaml", sleep_edit(enabled))
     args = ["--params", "params.yaml", "--parent", str(parent), "--grpo", "grpo", "--grpo-prompts", "prompts.jsonl"]
-    args += ["--train", "train.jsonl", "--test", "test.jsonl", "--rounds-dir", "rounds", "--out", "cls"]
+    args += ["--train", "train.jsonl", "--sft-tasks", "train.jsonl", "--test", "test.jsonl"]
+    args += ["--rounds-dir", "rounds", "--out", "cls"]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("sys.argv", ["cls_sleep.py", *args, "--metrics", "cls.json"])
     load_stage("cls_sleep").main()

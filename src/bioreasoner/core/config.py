@@ -289,6 +289,10 @@ class PassRule(Section):
 class JudgesCfg(Section):
     panel: list[JudgeCfg] = Field(min_length=1)  # the first judge is primary
     pass_rule: PassRule = PassRule()
+    # The tribunal's call (scoring/judge/tribunal.py): `primary` = the first judge's pass/fail;
+    # `unanimous` = every judge passes it; `majority` = more than half do (a tie fails).
+    verdict: Literal["primary", "unanimous", "majority"] = "primary"
+    max_concurrency: PosInt = 8  # judge requests in flight (items x judges); the rubric runs inline
     fail_fast_after: PosInt = 20  # judge error rate checked over the first N items ...
     max_error_rate: Ratio = 0.5  # ... the stage stops (nothing written) above this share
     retry_budget: NonNegInt = 200  # HTTP retries allowed per stage across all items
@@ -299,6 +303,46 @@ class JudgesCfg(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"judge names must be unique, got {names} (set `name:` to tell them apart)")
         return self
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+class ExtractiveTeacherCfg(Section):
+    """The embedded default: build_triplets' deterministic references, passed through unchanged."""
+
+    kind: Literal["extractive"]
+
+
+class OpenAITeacherCfg(Section):
+    """An LLM teacher behind an OpenAI-compatible chat endpoint (src/bioreasoner/tasks/llm_teacher.py)."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # no user:pass@ (keys go in api_key_env)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's name, never the key
+    cache_dir: str = ".cache/teacher"
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7  # > 0: a retry with a new seed is a new answer
+    max_tokens: PosInt = 1024  # every request is capped
+    max_concurrency: PosInt = 8  # requests in flight
+    requests_per_second: PosFloat | None = None  # polite rate limit; null = none
+    timeout_s: PosFloat = 120.0  # per HTTP attempt (connect + each read), never past the deadline
+    deadline_s: PosFloat = 600.0  # total per request, retries and Retry-After waits included
+    max_retries: NonNegInt = 3  # HTTP retries per request (429, 5xx, connection errors)
+    backoff_s: NonNegFloat = 1.0
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is an error
+    retry_budget: NonNegInt = 200  # HTTP retries for the whole stage; spent and needed: the stage fails
+    budget_s: PosFloat | None = None  # wall-clock budget for the whole stage; passed: the stage fails
+    max_attempts: PosInt = 3  # responses asked per task (a new seed each) until one passes the rules
+    on_reject: Literal["fallback", "drop"] = "fallback"  # no passing response: extractive reference, or no task
+    min_think_chars: NonNegInt = 200  # the pass rule's floor [D5]
+    fail_fast_after: PosInt = 20  # over the first N tasks ...
+    max_reject_rate: Ratio = 0.5  # ... more than this share without an accepted response stops the stage
+    price_prompt_per_mtok: NonNegFloat | None = None  # price per million prompt tokens, for the cost estimate
+    price_completion_per_mtok: NonNegFloat | None = None  # ... per million completion tokens
+
+
+TeacherCfg = Annotated[ExtractiveTeacherCfg | OpenAITeacherCfg, Field(discriminator="kind")]
 
 
 # --------------------------------------------------------------------------- training
@@ -399,6 +443,7 @@ class WeightOnly(Section):
 class QualityRewardCfg(Section):
     weight: float = 1.0
     judge: JudgeCfg = RubricJudgeCfg(kind="rubric")
+    max_concurrency: PosInt = 8  # an LLM judge scores a batch of completions this many at a time
 
 
 class RewardsCfg(Section):
@@ -539,6 +584,7 @@ class Params(Section):
     merge: MergeCfg
     eval: EvalCfg
     judges: JudgesCfg
+    teacher: TeacherCfg = ExtractiveTeacherCfg(kind="extractive")  # optional: older params files still validate
     dpo: DPOCfg
     rounds: dict[Name, RoundCfg] = Field(min_length=1)
     grpo: GRPOCfg
@@ -643,6 +689,7 @@ _TAGGED: dict[str, type[BaseModel]] = {  # discriminator tags pydantic puts into
     "openalex_api": OpenAlexAPISource,
     "rubric": RubricJudgeCfg,
     "openai": OpenAIJudgeCfg,
+    "extractive": ExtractiveTeacherCfg,
 }
 
 
@@ -650,24 +697,32 @@ def _known_keys(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
     """The valid keys at `loc` (for a 'did you mean'), found by walking the model tree; list
     indexes and dict keys (version and round names) are stepped over."""
     model: Any = root
+    annotation: Any = None
     for part in loc[:-1]:
         fields = getattr(model, "model_fields", {})
         if str(part) in fields:
-            model = _inner_model(fields[str(part)].annotation)
+            annotation = fields[str(part)].annotation
+            model = _inner_model(annotation)
         elif str(part) in _TAGGED:
-            model = _TAGGED[str(part)]
+            # the tag picks a member of the field's union (`openai` is a judge under judges.panel,
+            # a teacher under teacher:); _TAGGED is the fallback
+            model = _inner_model(annotation, tag=str(part)) or _TAGGED[str(part)]
     return list(getattr(model, "model_fields", {}) or [])
 
 
-def _inner_model(annotation: Any) -> Any:
-    """The pydantic model inside Optional[...], list[...], dict[str, ...], Annotated[...]."""
+def _inner_model(annotation: Any, tag: str | None = None) -> Any:
+    """The pydantic model inside Optional[...], list[...], dict[str, ...], Annotated[...]
+    (with `tag`: the union member whose `kind` is that tag)."""
     import typing
 
     stack = [annotation]
     while stack:
         a = stack.pop()
         if isinstance(a, type) and issubclass(a, BaseModel):
-            return a
+            kind = a.model_fields.get("kind")
+            if tag is None or (kind is not None and tag in typing.get_args(kind.annotation)):
+                return a
+            continue
         stack.extend(typing.get_args(a))
     return None
 

@@ -39,6 +39,7 @@ Every pattern here is linear: possessive quantifiers, classes that do not overla
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import unicodedata
@@ -160,3 +161,25 @@ def neutralise_paper(paper: Paper) -> Paper:
             "long_answer": neutralise(paper.long_answer) if paper.long_answer is not None else None,
         }
     )
+
+
+# ----------------------------------------------------------------------------- fences
+
+
+def defang_fences(text: str) -> str:
+    """`text` with every "<<" turned into "< <": the result never contains "<<<" (a run of
+    k >= 2 '<' becomes pairs split by spaces), so it cannot write a fence line."""
+    return text.replace("<<", "< <")
+
+
+def fence(name: str, text: str) -> str:
+    """Untrusted `text` as a data block that a prompt tells the model not to obey.
+
+    The block starts with `<<<BEGIN NAME TAG>>>` and ends with `<<<END NAME TAG>>>`, TAG a hash
+    of the fenced text; inside, no "<<<" can occur (`defang_fences`), so the text can neither
+    close its block nor open another. The judges (scoring/judge/openai.py) and the LLM teacher
+    (tasks/llm_teacher.py) fence papers and responses this way.
+    """
+    body = defang_fences(text)
+    tag = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+    return f"<<<BEGIN {name} {tag}>>>\n{body}\n<<<END {name} {tag}>>>"

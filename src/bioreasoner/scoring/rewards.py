@@ -137,16 +137,28 @@ def quality_reward(
     completions: Sequence[Any],
     task: Sequence[str | dict[str, Any] | Task] | None = None,
     judge: Judge | None = None,
+    max_concurrency: int = 1,
     **kwargs: Any,
 ) -> list[float]:
-    """2 x mean / 5 (= logic / 5 + novelty / 5) from `judge` on (task, completion); 0.0 without a verdict."""
+    """2 x mean / 5 (= logic / 5 + novelty / 5) from `judge` on (task, completion); 0.0 without a verdict.
+
+    A judge behind an endpoint (`remote`) scores the batch `max_concurrency` completions at a
+    time (a thread pool; the rewards keep the completions' order), not one request after another.
+    """
     if judge is None:
         raise ValueError("quality reward needs a judge (build it with quality_factory or build_rewards)")
     tasks = _column("task", task, len(completions))
+    items = [(_as_task(t), completion_text(c)) for c, t in zip(completions, tasks, strict=True)]
+    if max_concurrency > 1 and len(items) > 1 and getattr(judge, "remote", False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(max_concurrency, len(items)), thread_name_prefix="reward") as pool:
+            verdicts = list(pool.map(lambda item: judge.score(*item), items))
+    else:
+        verdicts = [judge.score(t, c) for t, c in items]
     out = []
     failed = 0
-    for completion, t in zip(completions, tasks, strict=True):
-        verdict = judge.score(_as_task(t), completion_text(completion))
+    for verdict in verdicts:
         if verdict.mean is not None:
             out.append(2 * verdict.mean / 5)  # the judges' 1-5 mean, as the pass rule reads it
         else:
@@ -206,10 +218,18 @@ def format_factory() -> NamedReward:
 
 
 def quality_factory(
-    judge: RubricJudgeCfg | OpenAIJudgeCfg | Mapping[str, Any] | None = None, *, budget: RetryBudget | None = None
+    judge: RubricJudgeCfg | OpenAIJudgeCfg | Mapping[str, Any] | None = None,
+    *,
+    budget: RetryBudget | None = None,
+    max_concurrency: int = 8,
 ) -> NamedReward:
     """The quality term with a judge built from its typed entry or a mapping (default `{kind: rubric}`)."""
-    return NamedReward("quality", quality_reward, judge=build_judge(judge or {"kind": "rubric"}, budget=budget))
+    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise ValueError(f"quality: max_concurrency must be an integer >= 1, got {max_concurrency!r}")
+    judge_obj = build_judge(judge or {"kind": "rubric"}, budget=budget)
+    if not getattr(judge_obj, "remote", False):  # the rubric runs inline: keep its repr as it was
+        return NamedReward("quality", quality_reward, judge=judge_obj)
+    return NamedReward("quality", quality_reward, judge=judge_obj, max_concurrency=max_concurrency)
 
 
 def correctness_factory() -> NamedReward:

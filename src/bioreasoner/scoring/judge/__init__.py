@@ -174,25 +174,59 @@ def score_all(
     *,
     fail_fast_after: int = 20,
     max_error_rate: float = 0.5,
+    max_concurrency: int = 1,
 ) -> list[list[Verdict]]:
     """Every judge's verdict on every (task, response): result[j][i] is judge j on item i.
 
-    Raises `JudgeFailureError` per `check_error_rate` (defaults: the `judges` section's).
+    With `max_concurrency` > 1 and a judge behind an endpoint (`remote`), the (item, judge)
+    requests run in a thread pool, item-major: an item's judges are asked side by side and up
+    to `max_concurrency` requests are in flight. Verdicts are read back in item order, so the
+    result and the fail-fast rule (`check_error_rate`, raising `JudgeFailureError`) are the
+    same as one request at a time; on a failure the requests not yet started are cancelled.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     if len(tasks) != len(responses):
         raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses")
-    out: list[list[Verdict]] = []
-    for j in judges:
-        verdicts: list[Verdict] = []
-        errors = 0
-        for t, r in tqdm(zip(tasks, responses, strict=True), total=len(tasks), desc=f"judge {j.name}", disable=None):
-            v = j.score(t, r)
-            verdicts.append(v)
-            if not v.ok:
-                errors += 1
-                last = v.error or "verdict has no scores"
-                check_error_rate(j.name, errors, len(verdicts), len(tasks), fail_fast_after, max_error_rate, last)
-        out.append(verdicts)
+    if max_concurrency <= 1 or not any(getattr(j, "remote", False) for j in judges):
+        return [_score_one_judge(j, tasks, responses, fail_fast_after, max_error_rate) for j in judges]
+    n = len(tasks)
+    out: list[list[Verdict]] = [[] for _ in judges]
+    errors = [0] * len(judges)
+    names = ", ".join(j.name for j in judges)
+    with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="judge") as pool:
+        futures = [[pool.submit(j.score, t, r) for j in judges] for t, r in zip(tasks, responses, strict=True)]
+        try:
+            for i, row in enumerate(tqdm(futures, desc=f"judges {names}", unit="item", disable=None)):
+                for k, (j, fut) in enumerate(zip(judges, row, strict=True)):
+                    v = fut.result()
+                    out[k].append(v)
+                    if not v.ok:
+                        errors[k] += 1
+                        last = v.error or "verdict has no scores"
+                        check_error_rate(j.name, errors[k], i + 1, n, fail_fast_after, max_error_rate, last)
+        except BaseException:
+            for row in futures:
+                for fut in row:
+                    fut.cancel()
+            raise
     return out
+
+
+def _score_one_judge(
+    j: Judge, tasks: Sequence[Task], responses: Sequence[str], fail_fast_after: int, max_error_rate: float
+) -> list[Verdict]:
+    from tqdm.auto import tqdm
+
+    verdicts: list[Verdict] = []
+    errors = 0
+    for t, r in tqdm(zip(tasks, responses, strict=True), total=len(tasks), desc=f"judge {j.name}", disable=None):
+        v = j.score(t, r)
+        verdicts.append(v)
+        if not v.ok:
+            errors += 1
+            last = v.error or "verdict has no scores"
+            check_error_rate(j.name, errors, len(verdicts), len(tasks), fail_fast_after, max_error_rate, last)
+    return verdicts

@@ -37,6 +37,7 @@ import requests
 
 from bioreasoner.core.io import atomic_path
 from bioreasoner.core.records import Task
+from bioreasoner.core.safety import defang_fences, fence
 from bioreasoner.endpoints.client import EndpointClient, EndpointError, RetryBudget
 from bioreasoner.scoring.judge import Verdict
 
@@ -67,17 +68,7 @@ SYSTEM = (
 )
 
 
-def neutralise(text: str) -> str:
-    """`text` with every "<<" turned into "< <": the result never contains "<<<" (a run of
-    k >= 2 '<' becomes pairs split by spaces), so it cannot write a fence line."""
-    return text.replace("<<", "< <")
-
-
-def fence(name: str, text: str) -> str:
-    """Untrusted `text` as a data block the judge is told not to obey (module docstring)."""
-    body = neutralise(text)
-    tag = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
-    return f"<<<BEGIN {name} {tag}>>>\n{body}\n<<<END {name} {tag}>>>"
+neutralise = defang_fences  # the name this module's callers and tests knew it by
 
 
 def judge_messages(task: Task, response: str) -> list[dict[str, str]]:
@@ -135,6 +126,8 @@ def parse_verdict(content: str) -> tuple[float, float, str | None]:
 
 
 class OpenAIJudge:
+    remote = True  # scored in a thread pool by `score_all` (the client and the cache are thread-safe)
+
     def __init__(
         self,
         base_url: str,
