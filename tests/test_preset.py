@@ -16,6 +16,7 @@ from bioreasoner.core import config
 from bioreasoner.endpoints.completions import ServedSampler
 from bioreasoner.modeling.generation import SamplingParams
 from bioreasoner.modeling.models import quantization_config
+from bioreasoner.tasks.llm_teacher import OpenAITeacher
 from bioreasoner.training.lifecycle import lora_config
 from tests.conftest import ROOT
 from tests.params_edit import tmp_run
@@ -105,6 +106,15 @@ def test_every_training_and_sampling_config_builds_without_weights(merged, tmp_p
     gen = SamplingParams(**p.eval.generation.model_dump())
     assert (gen.temperature, gen.max_new_tokens) == (0.7, 1024)
     assert ServedSampler(p.eval.server, model="models/merged/sft").body("p", 2, gen)["seed"] == 2
+    # the teacher: an OpenAI-compatible client built from the preset, nothing sent
+    teacher = OpenAITeacher(p.teacher, p.seed)
+    assert teacher.http.url("chat/completions") == "https://teacher.invalid/v1/chat/completions"
+    assert (teacher.http.api_key_env, teacher.cfg.max_attempts, teacher.cfg.on_reject) == (
+        "TEACHER_API_KEY",
+        3,
+        "fallback",
+    )
+    assert teacher.http.network_requests == 0
 
 
 def test_a_bad_preset_is_one_line_and_no_write(tmp_path):
