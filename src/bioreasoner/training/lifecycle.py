@@ -456,7 +456,7 @@ class TrainingRun:
         with self.saving(note=note, loaded_in_4bit=is_4bit(model)) as tmp:
             save_adapter(model, tmp, adapter=adapter)
             tokenizer.save_pretrained(str(tmp))
-        log.info("%s: adapter saved to %s", self.stage, self.out)
+        log.info("%s: rank %d saved the adapter to %s", self.stage, rank(), self.out)
 
     def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Publish the curves, write the metrics (with the whole run's `train_loss` and
@@ -476,6 +476,7 @@ class TrainingRun:
                 if staged is not None and staged.is_dir():
                     shutil.copytree(staged, tmp, dirs_exist_ok=True)
         write_json(self.metrics_path, out)
+        log.info("%s: rank %d published the curves and %s", self.stage, rank(), self.metrics_path)
         if self.checkpoint is not None:
             shutil.rmtree(self.checkpoint, ignore_errors=True)  # finished: nothing left to resume
         barrier()
