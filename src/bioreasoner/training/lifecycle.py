@@ -264,10 +264,14 @@ def barrier() -> None:
 
 
 def adapter_digest(model: Any, adapter: str | None = None) -> str:
-    """sha256 over the adapter's tensors (names sorted) as `save_pretrained` writes them."""
+    """sha256 over the adapter's tensors (names sorted) as `save_pretrained` writes them; for a
+    model without adapters (pretrain), over its whole state dict."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model, adapter_name=adapter or "default")
+    if hasattr(model, "peft_config"):
+        state = get_peft_model_state_dict(model, adapter_name=adapter or "default")
+    else:
+        state = model.state_dict()
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
