@@ -120,7 +120,7 @@ def main() -> None:
 
     # -- 5. save the adapter and the prompts trained on, then metrics and cleanup
     run.save(trainer.model, trainer.processing_class)
-    write_task_ids(args.prompts_out, tasks)
+    run.on_main(write_task_ids, args.prompts_out, tasks)  # rank 0 only, like every out
     metrics: dict[str, Any] = {k.replace("/", "_"): final_log(history, k) for k in CURVES}
     metrics["reward_terms"] = {name: first_last(history, f"rewards/{name}/mean") for name in trainer.reward_func_names}
     metrics["prompts"] = len(tasks)

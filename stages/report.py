@@ -12,7 +12,9 @@ Reads the eval rows of every version in `eval.models` (`data/eval/V.jsonl`) and 
   (Wilson for per-response rates, a percentile bootstrap over responses otherwise); each version
   is compared with its parent (the evaluated version its merge started from,
   `merge.versions.V.parent`) on the same test tasks: McNemar's exact test for per-response rates,
-  a paired bootstrap otherwise. Definitions: `bioreasoner.reporting.lineage`.
+  a paired bootstrap otherwise. Definitions: `bioreasoner.reporting.lineage`. Under
+  "training": how each training run was launched ({metrics file: {launcher, strategy,
+  world_size, global_train_batch_size, accelerator, device}}), from `--training-metrics`.
 - `reports/lineage.svg` (the key metrics by version with their intervals) and
   `reports/curves_<run>.svg` for every DVCLive run under `--live-dirs` (dvclive/sft,
   dvclive/rounds/<R>, dvclive/grpo): byte-identical for the same inputs, drawn offline.
@@ -39,7 +41,7 @@ from bioreasoner.core.io import (
     unique_ids,
     write_json,
 )
-from bioreasoner.reporting.lineage import EvalRow, lineage, parents
+from bioreasoner.reporting.lineage import EvalRow, lineage, parents, training_runs
 
 log = logging.getLogger("report")
 
@@ -75,6 +77,12 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--eval-dir", default="data/eval", help="holds <version>.jsonl for each of eval.models")
     ap.add_argument("--live-dirs", nargs="*", default=["dvclive"], help="folders searched for DVCLive runs")
+    ap.add_argument(
+        "--training-metrics",
+        nargs="*",
+        default=["metrics/sft.json", "metrics/rounds", "metrics/grpo.json", "metrics/cls.json"],
+        help="training stages' metrics (files or folders): how each run was launched, into lineage.json",
+    )
     ap.add_argument("--metrics", default="metrics/lineage.json")
     ap.add_argument("--out-dir", default="reports")
     args = ap.parse_args()
@@ -105,6 +113,7 @@ def main() -> None:
     with atomic_path(args.out_dir, directory=True) as tmp:
         written = render_all(data, live_dirs, tmp, level=100 * (1 - p.report.alpha))
     log.info("wrote %s", ", ".join(str(Path(args.out_dir) / f.name) for f in written))
+    data["training"] = training_runs(args.training_metrics)  # launcher, world size, accelerator per run
     write_json(args.metrics, data)
 
 

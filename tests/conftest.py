@@ -24,7 +24,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 def copy_project(dst: Path) -> Path:
     """Copy the project's tracked sources (no outputs, no .venv) into `dst`."""
-    for name in ("dvc.yaml", "params.yaml", "stages", "src", "data/sources", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", "stages", "src", "configs", "data/sources", ".dvcignore"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))

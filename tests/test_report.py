@@ -553,9 +553,16 @@ ARGS = (
 
 def test_stage_end_to_end_offline_and_reproducible(report_project, offline_subprocesses):
     proj = report_project
+    from bioreasoner.training.lifecycle import TrainingRun
+
+    # how the sft run was launched, as its TrainingRun records it (a single process here)
+    TrainingRun("sft", {}, [], out=proj / "a", metrics=proj / "metrics/sft.json").finish({"train_tasks": 1})
     res = run_stage(proj, "report.py", *ARGS)
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((proj / "metrics/lineage.json").read_text())
+    sft_launch = data["training"]["metrics/sft.json"]
+    assert (sft_launch["launcher"], sft_launch["world_size"], sft_launch["accelerator"]) == ("python", 1, "cpu")
+    assert sft_launch["device"]  # the CPU model on this machine, the GPU's name on CUDA
     assert list(data["versions"]) == list(VERSIONS)
     assert {v: d["parent"] for v, d in data["deltas"].items()} == {
         "sft": "base",

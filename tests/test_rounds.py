@@ -252,6 +252,8 @@ def test_dpo_without_pairs_is_a_recorded_no_op(tiny_base, tmp_path, monkeypatch)
     monkeypatch.setattr("sys.argv", ["dpo.py", *args])
     load_stage("dpo").main()
     metrics = json.loads((tmp_path / "dpo.json").read_text())
+    launch = metrics.pop("launch")  # how it ran: one plain python process
+    assert (launch["launcher"], launch["world_size"]) == ("python", 1)
     assert metrics == {"pairs": 0, "trained": False, "underpowered": True, "global_step": 0}
     assert (tmp_path / "adapter/adapter_model.safetensors").is_file()
     record = json.loads((tmp_path / "adapter/lineage.json").read_text())

@@ -527,6 +527,34 @@ class CLSCfg(Section):
     lora: LoraCfg
 
 
+# --------------------------------------------------------------------------- launching
+
+Strategy = Literal["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+LAUNCHED_STAGES = ("sft", "dpo", "grpo")  # the training stages `python -m bioreasoner.training.launch` starts
+
+
+class LaunchCfg(Section):
+    """How `python -m bioreasoner.training.launch <stage>` starts one training stage [D16].
+
+    processes 1 + ddp: plain `python` (the default); ddp with more: `torchrun`; deepspeed_* and
+    fsdp: `accelerate launch` with the shipped configs/accelerate/<strategy>.yaml (CUDA only)."""
+
+    processes: PosInt = 1
+    strategy: Strategy = "ddp"
+    # true: the section's per_device_train_batch_size sizes the one-process run and N processes
+    # take 1/N of it each, so the global batch and the optimizer step count stay the same
+    # false: every process takes per_device_train_batch_size (the global batch grows N x)
+    keep_global_batch: StrictBool = True
+
+
+class LaunchSection(Section):
+    """One launch entry per launched training stage (`launch.<stage>` in each stage's params)."""
+
+    sft: LaunchCfg = LaunchCfg()
+    dpo: LaunchCfg = LaunchCfg()  # every round's dpo@R
+    grpo: LaunchCfg = LaunchCfg()
+
+
 # --------------------------------------------------------------------------- merge and eval
 
 
@@ -590,6 +618,7 @@ class Params(Section):
     grpo: GRPOCfg
     cls: CLSCfg
     report: ReportCfg = ReportCfg()  # optional: a params file from before the stage still validates
+    launch: LaunchSection = LaunchSection()  # optional: absent = every training stage in one process
 
     @model_validator(mode="after")
     def _lineage_is_consistent(self) -> Params:
@@ -611,6 +640,22 @@ class Params(Section):
                 continue  # a user's own folder
             if path.startswith(MERGED) and path[len(MERGED) :] not in versions:
                 raise ValueError(f"eval.models.{v} {path!r} is not a merged version in merge.versions")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_split_evenly(self) -> Params:
+        sections = {"sft": [self.sft], "dpo": [self.dpo], "grpo": [self.grpo]}
+        for stage, cfgs in sections.items():
+            launch: LaunchCfg = getattr(self.launch, stage)
+            if launch.processes == 1 or not launch.keep_global_batch:
+                continue
+            for cfg in cfgs:
+                if cfg.per_device_train_batch_size % launch.processes:
+                    raise ValueError(
+                        f"launch.{stage}.processes ({launch.processes}) must divide "
+                        f"{stage}.per_device_train_batch_size ({cfg.per_device_train_batch_size}) to keep the "
+                        "global batch (or set keep_global_batch: false)"
+                    )
         return self
 
     def round_dpo(self, name: str) -> DPOCfg:
@@ -761,6 +806,15 @@ def validate(data: Any, path: str | Path = "params.yaml") -> Params:
             bad = _problem(err, path, DPOCfg)
             raise BadInputError(path, f"rounds.{name}.dpo.{bad.where}", bad.problem) from None
         del rnd
+        launch = params.launch.dpo
+        batch = params.round_dpo(name).per_device_train_batch_size
+        if launch.processes > 1 and launch.keep_global_batch and batch % launch.processes:
+            raise BadInputError(
+                path,
+                f"rounds.{name}.dpo.per_device_train_batch_size",
+                f"{batch} is not divisible by launch.dpo.processes ({launch.processes}): the global batch "
+                "cannot be kept",
+            )
     return params
 
 

@@ -23,9 +23,12 @@ and raises if a definition drifted. Macro-F1 is `eval_metrics.macro_f1` itself.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -256,3 +259,31 @@ def lineage(
         if parent is not None and parent in rows_by_version:
             deltas[v] = {"parent": parent, **delta_metrics(rows_by_version[parent], rows, n_boot, seed, alpha, v)}
     return {"versions": versions, "deltas": deltas}
+
+
+# --------------------------------------------------------------------------- how each run trained
+
+LAUNCH_FIELDS = ("launcher", "strategy", "world_size", "global_train_batch_size", "accelerator", "device")
+log = logging.getLogger(__name__)
+
+
+def training_runs(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """{metrics file: its run's launch provenance}: launcher, strategy, world size, global batch,
+    accelerator and device, as `TrainingRun.finish` recorded them in each training stage's
+    metrics (`launch`). Folders are searched for metrics files that have a `launch` record
+    (metrics/rounds holds dpo.json beside filter and pairs metrics); a named file without one
+    (written before runs recorded it) is listed as None."""
+    out: dict[str, Any] = {}
+    for path in map(Path, paths):
+        files = sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        for f in files:
+            if not f.is_file():
+                log.warning("%s: no such metrics file, no launch record from it", f)
+                continue
+            data = json.loads(f.read_text(encoding="utf-8"))
+            launch = data.get("launch") if isinstance(data, dict) else None
+            if isinstance(launch, dict):
+                out[f.as_posix()] = {k: launch.get(k) for k in LAUNCH_FIELDS}
+            elif not path.is_dir():
+                out[f.as_posix()] = None
+    return out

@@ -32,14 +32,24 @@ What the run guarantees, and why:
   changes with PYTHONHASHSEED and so changed `dvc.lock` on every run; the run sorts it.
 - Outs are published in order adapter, curves, metrics; checkpoints are removed last, so a
   kill anywhere before the metrics file exists resumes instead of starting over.
+- Several processes (`python -m bioreasoner.training.launch`, [D16]): the run reads the launch plan
+  from `BIOREASONER_LAUNCH` and stops with one error line when the trainer's world size or
+  strategy is not the one asked for (a launcher that silently starts one process, independent
+  rank-0 runs, or DDP instead of FSDP). With `keep_global_batch` each of N processes takes
+  1/N of `per_device_train_batch_size`, so the global batch and step count match one process.
+  Every rank checks that the adapters are identical across ranks; only rank 0 writes the
+  adapter, the curves, the metrics and other outs (`on_main`). The metrics record the launch
+  (launcher, strategy, world size, batch sizes, accelerator and device).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -49,10 +59,11 @@ import torch
 from peft import LoraConfig
 from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 
-from bioreasoner.core import lineage
+from bioreasoner.core import env, lineage
 from bioreasoner.core.io import atomic_path, write_json
 from bioreasoner.modeling.models import is_4bit
 from bioreasoner.training.common import checkpoint_dir, fingerprint
+from bioreasoner.training.launch import LaunchError, Plan
 
 if TYPE_CHECKING:
     from bioreasoner.core.config import LoraCfg, ModelCfg, Section
@@ -226,6 +237,65 @@ def save_adapter(model: Any, folder: str | Path, adapter: str | None = None) -> 
     stabilize_adapter_config(folder)
 
 
+# ----------------------------------------------------------------------------- processes
+
+
+def rank() -> int:
+    """This process's global rank (0 when not launched by torchrun / accelerate)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_ranks(value: Any) -> list[Any]:
+    """`value` from every rank, in rank order ([value] in a single process)."""
+    if not _distributed():
+        return [value]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def barrier() -> None:
+    if _distributed():
+        torch.distributed.barrier()
+
+
+def adapter_digest(model: Any, adapter: str | None = None) -> str:
+    """sha256 over the adapter's tensors (names sorted) as `save_pretrained` writes them; for a
+    model without adapters (pretrain), over its whole state dict."""
+    from peft import get_peft_model_state_dict
+
+    if hasattr(model, "peft_config"):
+        state = get_peft_model_state_dict(model, adapter_name=adapter or "default")
+    else:
+        state = model.state_dict()
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """`adapter_digest` of a loaded safetensors file (tests compare ranks with what was saved)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def accelerator(device: torch.device | None = None) -> dict[str, str]:
+    """{"accelerator": cpu | cuda, "device": the CPU model or the GPU name}."""
+    kind = device.type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return {"accelerator": "cuda", "device": torch.cuda.get_device_name(device)}
+    return {"accelerator": kind, "device": env.cpu_model()}
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -262,6 +332,22 @@ class TrainingRun:
             self.checkpoint, self.resume_from = checkpoint_dir(checkpoints, fingerprint(self.params, self.inputs))
         self.history: list[dict[str, Any]] = []
         self.global_step = 0
+        self.plan = Plan.from_env(stage.split("@")[0])  # how the launcher started this stage
+        self.launch: dict[str, Any] = {
+            "launcher": self.plan.launcher,
+            "strategy": self.plan.strategy,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            **accelerator(),
+        }
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes outs, curves and metrics."""
+        return rank() == 0
+
+    def on_main(self, write: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call `write` on rank 0 only (an out the stage writes itself, e.g. grpo's prompts)."""
+        return write(*args, **kwargs) if self.is_main else None
 
     # -- training
 
@@ -275,8 +361,11 @@ class TrainingRun:
     def trainer_args(self, cfg: Section, *, seed: int, model: ModelCfg) -> dict[str, Any]:
         """Keyword arguments for SFTConfig / DPOConfig / GRPOConfig: the section's TRL fields
         under their own names, plus what every stage sets the same way."""
+        kwargs = cfg.trainer_kwargs()
+        if self.plan.keep_global_batch and self.plan.processes > 1:  # config.py checked it divides
+            kwargs["per_device_train_batch_size"] = cfg.per_device_train_batch_size // self.plan.processes
         return {
-            **cfg.trainer_kwargs(),
+            **kwargs,
             "output_dir": self.output_dir,
             "seed": seed,
             "data_seed": seed,
@@ -289,6 +378,7 @@ class TrainingRun:
 
     def train(self, trainer: Trainer) -> list[dict[str, Any]]:
         """Train to the end (resuming from this run's last checkpoint); the whole log history."""
+        self.check_launch(trainer)
         trainer.add_callback(WholeRunLog())
         if self.live_dir is not None:
             trainer.add_callback(LiveCurves(self._staged_curves(), resume=self.resume_from is not None))
@@ -296,6 +386,44 @@ class TrainingRun:
         self.history = list(trainer.state.log_history)
         self.global_step = trainer.state.global_step
         return self.history
+
+    def check_launch(self, trainer: Trainer) -> None:
+        """The trainer's world size and strategy are the launch plan's, or one error line (a
+        silent fallback would otherwise train, and publish, a different run)."""
+        args, plan = trainer.args, self.plan
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        problem = None
+        if args.world_size != launched:
+            problem = (
+                f"the launcher started {launched} processes but each trainer sees world size {args.world_size}: "
+                "independent runs, each writing outputs (accelerate --multi_gpu on a machine without CUDA?)"
+            )
+        elif args.world_size != plan.processes:
+            problem = (
+                f"launch.{plan.stage} asks for {plan.processes} process(es) ({plan.launcher}), the trainer sees "
+                f"world size {args.world_size}"
+                + (
+                    "; start stages through `python -m bioreasoner.training.launch`"
+                    if plan.launcher == "python"
+                    else ""
+                )
+            )
+        elif plan.strategy == "fsdp" and not trainer.is_fsdp_enabled:
+            problem = "strategy fsdp asked, but the trainer runs without FSDP (a silent fallback to DDP)"
+        elif plan.strategy.startswith("deepspeed") and not trainer.is_deepspeed_enabled:
+            problem = f"strategy {plan.strategy} asked, but the trainer runs without DeepSpeed (a silent fallback)"
+        if problem:
+            raise LaunchError(f"stage {self.stage}", f"rank {rank()}", problem)
+        self.launch.update(
+            world_size=args.world_size,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            global_train_batch_size=args.per_device_train_batch_size
+            * args.world_size
+            * args.gradient_accumulation_steps,
+            **accelerator(args.device),
+        )
+        log.info("%s: rank %d of %d, %s", self.stage, rank(), args.world_size, self.launch)
 
     def _staged_curves(self) -> Path:
         return Path(self.output_dir) / LIVE_STAGING
@@ -321,11 +449,18 @@ class TrainingRun:
         adapter: str | None = None,
         note: str | None = None,
     ) -> None:
-        """The adapter (safetensors), the tokenizer and the lineage, as `out`, atomically."""
+        """The adapter (safetensors), the tokenizer and the lineage, as `out`, atomically; with
+        several processes, after checking that every rank holds the same adapter."""
+        digests = all_ranks(adapter_digest(model, adapter))
+        log.info("%s: rank %d adapter sha256 %s", self.stage, rank(), digests[rank() if len(digests) > 1 else 0])
+        if len(set(digests)) > 1:
+            raise LaunchError(f"stage {self.stage}", f"rank {rank()}", f"the ranks' adapters differ: {digests}")
+        if not self.is_main:
+            return
         with self.saving(note=note, loaded_in_4bit=is_4bit(model)) as tmp:
             save_adapter(model, tmp, adapter=adapter)
             tokenizer.save_pretrained(str(tmp))
-        log.info("%s: adapter saved to %s", self.stage, self.out)
+        log.info("%s: rank %d saved the adapter to %s", self.stage, rank(), self.out)
 
     def finish(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Publish the curves, write the metrics (with the whole run's `train_loss` and
@@ -335,12 +470,18 @@ class TrainingRun:
             loss = mean_train_loss(self.history)
             out.setdefault("train_loss", round(loss, 4) if loss is not None else None)
             out.setdefault("global_step", self.global_step)
+        out.setdefault("launch", dict(self.launch))
+        if not self.is_main:
+            barrier()  # rank 0 publishes; the others wait so that no rank ends before the outs exist
+            return out
         if self.live_dir is not None:
             staged = self._staged_curves() if self.checkpoint is not None else None
             with atomic_path(self.live_dir, directory=True) as tmp:
                 if staged is not None and staged.is_dir():
                     shutil.copytree(staged, tmp, dirs_exist_ok=True)
         write_json(self.metrics_path, out)
+        log.info("%s: rank %d published the curves and %s", self.stage, rank(), self.metrics_path)
         if self.checkpoint is not None:
             shutil.rmtree(self.checkpoint, ignore_errors=True)  # finished: nothing left to resume
+        barrier()
         return out
