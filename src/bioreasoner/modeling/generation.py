@@ -173,10 +173,8 @@ def decode(
     the left padding (cumsum of the attention mask), as `generate` sets them. `sampler=None` is
     greedy; a sampler draws each row from its own uniforms, so dropping rows changes nothing
     for the others."""
-    from transformers import DynamicCache
-
     stops = torch.tensor(stop_ids(model), device=input_ids.device)
-    cache = DynamicCache(config=model.config)
+    cache = _buffered_cache(model, input_ids.shape[1] + max_new_tokens)
     mask = attention_mask
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -205,6 +203,50 @@ def decode(
         out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache)
         logits = out.logits[:, -1]
     return result
+
+
+def _buffered_cache(model: PreTrainedModel, capacity: int):  # -> DynamicCache
+    """A KV cache whose layers write into buffers of `capacity` positions allocated once.
+
+    transformers' DynamicLayer grows by `torch.cat`, which copies the whole cache (and, past
+    glibc's mmap threshold, page-faults a fresh allocation) at every token: on CPU that was
+    two thirds of decoding time. Attention reads a view of the filled part, so the values are
+    the ones a growing cache gives."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            batch, heads, _, dim = key_states.shape
+            self.k_buf = key_states.new_empty(batch, heads, capacity, dim)
+            self.v_buf = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
+            self.length = 0
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, end = self.length, self.length + key_states.shape[-2]
+            if end > capacity:
+                raise RuntimeError(f"KV cache of {capacity} positions is full")
+            self.k_buf[:, :, start:end].copy_(key_states)
+            self.v_buf[:, :, start:end].copy_(value_states)
+            self.length = end
+            self.keys, self.values = self.k_buf[:, :, :end], self.v_buf[:, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:
+                self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+                self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [BufferLayer() for _ in cache.layers]
+    return cache
 
 
 def check_backend(name: str) -> None:
