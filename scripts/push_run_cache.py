@@ -5,7 +5,7 @@
 `dvc push --run-cache` (DVC 3.x) uploads the run entries (`.dvc/cache/runs/...`) and the
 workspace's cached outs, but not the objects of the `cache: false` outs that a run entry names:
 DVC saves those (our git-tracked metrics, curves and report figures) into the local cache when
-it records a run, and restores them from there [D15]. Without them on the remote, the other
+it records a run, and restores them from there [D12]. Without them on the remote, the other
 machine finds the entry, misses an object, and runs the stage. This script pushes the entries,
 then every object they name (DVC's own `stage_cache.get_used_objs` and `cloud.push`): a few
 small JSON/TSV/SVG files per run, plus the cached outs of runs that are not in the workspace

@@ -42,8 +42,8 @@ TRAINING = {"sft", "dpo@v2_0", "dpo@v2_1", "grpo", "cls_sleep"}
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a free port) with an empty bucket; yields the endpoint URL."""
-    boto3 = pytest.importorskip("boto3")
-    server_mod = pytest.importorskip("moto.server")
+    import boto3  # dvc-s3's dependency
+    from moto import server as server_mod  # the dev extra: moto[server]
     empty = tmp_path_factory.mktemp("aws") / "config"
     empty.write_text("")  # no profile or key file of the machine running the tests is read
     with pytest.MonkeyPatch.context() as mp:
