@@ -13,7 +13,6 @@ One micro-DAG run (tests/micro_dag.py) serves both checks:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ def s3(tmp_path_factory) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a free port) with an empty bucket; yields the endpoint URL."""
     import boto3  # dvc-s3's dependency
     from moto import server as server_mod  # the dev extra: moto[server]
+
     empty = tmp_path_factory.mktemp("aws") / "config"
     empty.write_text("")  # no profile or key file of the machine running the tests is read
     with pytest.MonkeyPatch.context() as mp:
