@@ -13,6 +13,7 @@ One micro-DAG run (tests/micro_dag.py) serves both checks:
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ def s3(tmp_path_factory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {**AWS_ENV, "AWS_CONFIG_FILE": str(empty), "AWS_SHARED_CREDENTIALS_FILE": str(empty)}.items():
             mp.setenv(key, value)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
         server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
