@@ -31,8 +31,8 @@ pytestmark = pytest.mark.slow
 BUCKET = "bioreasoner-test"
 # Dummy credentials: boto reads them from the environment, DVC's config never holds them.
 AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCESS_KEY_ID": "dummy-key-id-7f3a",
+    "AWS_SECRET_ACCESS_KEY": "dummy-secret-7f3a",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",  # never probe the instance-metadata endpoint
 }
@@ -92,9 +92,9 @@ def origin(micro_dag, s3, tmp_path_factory) -> Path:
     git(repo, "commit", "-qam", "DVC remote on S3")
     released = sh(repo, sys.executable, str(ROOT / "scripts" / "release.py"), "v3.0")
     assert "pushing to the DVC remote" in released.stderr
-    assert "testing" not in released.stderr + released.stdout  # no credential is ever printed
+    assert "7f3a" not in released.stderr + released.stdout  # no credential is ever printed
     pushed = sh(repo, sys.executable, str(ROOT / "scripts" / "push_run_cache.py"))
-    assert "run entries" in pushed.stderr
+    assert "run entries" in pushed.stderr and "7f3a" not in pushed.stderr + pushed.stdout
     return repo
 
 
@@ -102,7 +102,8 @@ def test_release_push_then_clone_pull_status_clean(origin, s3, tmp_path):
     pushed = bucket_objects(s3, "dvc/files/md5/")
     assert pushed, "the release pushed nothing"
     print(f"\npushed: {len(pushed)} objects, {sum(pushed.values())} bytes")  # -s shows it
-    assert "AWS" not in (origin / ".dvc" / "config").read_text()  # URL and endpoint only
+    config = (origin / ".dvc" / "config").read_text()
+    assert "7f3a" not in config and "access_key" not in config  # URL and endpoint only
 
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(origin), str(clone))
@@ -132,3 +133,14 @@ def test_fresh_clone_restores_every_stage_from_the_run_cache(origin, s3, tmp_pat
     assert lock_outs(clone) == lock_outs(origin)  # the very outputs the other machine made
     assert (clone / "dvclive" / "sft" / "plots").is_dir() and (clone / "metrics" / "lineage.json").is_file()
     assert "Data and pipelines are up to date" in sh(clone, DVC, "status").stdout
+
+
+def test_push_run_cache_without_a_remote_is_one_clear_line(tmp_path):
+    git(tmp_path, "init", "-q")
+    sh(tmp_path, DVC, "init", "-q")
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "push_run_cache.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("push_run_cache: error:") and "remote" in lines[0].lower()
