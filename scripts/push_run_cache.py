@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         entries, objects = push_run_cache(args.remote, args.jobs)
     except Exception as e:  # DVC's errors (no remote, auth, network) end here: one line, exit 1
-        log.error("error: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.error("error: %s", " ".join(str(e).split()) or type(e).__name__)  # DVC's message, on one line
         return 1
     log.info("%d run entries, %d new objects pushed", entries, objects)
     return 0
