@@ -98,7 +98,9 @@ def test_eval_rows_metrics_and_determinism(project, tiny_base):
 
     metrics = json.loads((project / "metrics/eval/t.json").read_text())
     assert metrics["version"] == "t"
-    assert {k: v for k, v in metrics.items() if k not in ("version", "judge_agreement", "intervals")} == aggregate(rows)
+    assert {k: v for k, v in metrics.items() if k not in ("version", "judge_agreement", "intervals")} == aggregate(
+        rows
+    )
     # every rate carries its Wilson interval around the value, over the rows it counts
     hall = metrics["intervals"]["hallucination_rate"]
     assert hall["n"] == 6 and hall["lo"] <= metrics["hallucination_rate"] <= hall["hi"]
