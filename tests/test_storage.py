@@ -86,6 +86,7 @@ def origin(micro_dag, s3, tmp_path_factory) -> Path:
     """The machine that ran the DAG: an S3 remote in .dvc/config (URL only), then
     `make release VERSION=v3.0`'s script and scripts/push_run_cache.py."""
     built, _ = micro_dag
+    start = time.monotonic()
     repo = copy(built, tmp_path_factory.mktemp("origin") / "proj")
     sh(repo, DVC, "remote", "add", "-d", "storage", f"s3://{BUCKET}/dvc")
     sh(repo, DVC, "remote", "modify", "storage", "endpointurl", s3)
@@ -95,6 +96,7 @@ def origin(micro_dag, s3, tmp_path_factory) -> Path:
     assert "7f3a" not in released.stderr + released.stdout  # no credential is ever printed
     pushed = sh(repo, sys.executable, str(ROOT / "scripts" / "push_run_cache.py"))
     assert "run entries" in pushed.stderr and "7f3a" not in pushed.stderr + pushed.stdout
+    print(f"\norigin: copy, release push and run-cache push in {time.monotonic() - start:.1f} s")  # -s shows it
     return repo
 
 
