@@ -49,6 +49,7 @@ METRICS_DIR = "metrics/eval"
 PIPELINE_FILES = ("dvc.lock",)
 PIPELINE_DIRS = ("metrics/", "dvclive/", "reports/")  # reports/: the `report` stage's figures
 CREDENTIALS_RE = re.compile(r"(\w+://)[^/@\s]+@")  # user:password@ in a URL
+DVC_BANNER = "Having any troubles?"  # the support line dvc prints after its error, never the error itself
 VERSION_RE = re.compile(r"^v(0|[1-9]\d*)\.(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?$")
 
 
@@ -92,7 +93,9 @@ def tool(name: str) -> str:
 def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and DVC_BANNER not in ln]
+        lines = lines or [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        last = lines[-1] if lines else "no output"
         last = CREDENTIALS_RE.sub(r"\1***@", last)  # tool errors may quote a remote's URL
         raise Refused(f"`{Path(cmd[0]).name} {' '.join(cmd[1:2])}` failed: {last}")
     return proc

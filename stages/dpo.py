@@ -104,7 +104,7 @@ def main() -> None:
         run.save(
             model, load_tokenizer(args.policy, trust_remote_code=p.model.trust_remote_code), note="no pairs: untrained"
         )
-        run.finish({"pairs": 0, "trained": False, "underpowered": True, "global_step": 0})  # empty curves folder
+        run.finish({"pairs": 0, "trained": False, "underpowered": True, "global_step": 0})  # curves: summary only
         return
 
     # -- 3. model and trainer, over this run's checkpoint folder (resumed when one exists)

@@ -78,3 +78,12 @@ def tiny_base(tmp_path_factory) -> tuple[Path, list]:
 
     tasks = [make_task(i) for i in range(6)]
     return build_tiny(tmp_path_factory.mktemp("tiny"), tasks), tasks
+
+
+@pytest.fixture(scope="session")
+def micro_dag(tmp_path_factory) -> tuple[Path, str]:
+    """(a temp repo where the whole DAG ran on micro params, the `dvc repro` output): see
+    tests/micro_dag.py. Tests copy it (`micro_dag.copy`) before changing anything."""
+    from tests.micro_dag import build
+
+    return build(tmp_path_factory.mktemp("micro_dag") / "proj")

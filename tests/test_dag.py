@@ -8,43 +8,13 @@ import re
 import subprocess
 
 import pytest
-import yaml
 
-from tests.conftest import DVC, copy_project
+from tests.conftest import DVC
+from tests.micro_dag import copy
 
 pytestmark = pytest.mark.slow
 
 DOWNSTREAM_OF_GRPO = {"grpo", "cls_sleep", "merge@v3_0", "eval@v3_0", "report"}
-
-
-def micro(params: dict) -> dict:
-    """Every stage at its smallest: seconds, not minutes. Same code paths as the default."""
-    gen = {"temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8, "batch_size": 8}
-    params["pretrain"].update(
-        max_steps=2,
-        per_device_train_batch_size=2,
-        logging_steps=1,
-        save_steps=100,
-        warmup_steps=0,
-        validation_max_tasks=2,
-    )
-    params["sft"].update(max_steps=2, per_device_train_batch_size=2, logging_steps=1, save_steps=100, warmup_steps=0)
-    params["eval"].update(generation=gen, max_tasks_per_type=1)
-    for r in params["rounds"].values():
-        r.update(prompts=3, samples_per_prompt=2, generation=gen)
-    params["dpo"].update(max_steps=2, per_device_train_batch_size=2, logging_steps=1)
-    params["grpo"].update(
-        prompts=2, max_steps=1, per_device_train_batch_size=2, num_generations=2, max_completion_length=8
-    )
-    params["cls"].update(
-        replay_sft=2,
-        replay_chosen_per_round=1,
-        eval_per_type=1,
-        fisher_samples=2,
-        generation={**gen, "batch_size": 4},
-    )
-    params["cls"]["scheduler"].update(min_sleep_steps=1, max_sleep_steps=2)
-    return params
 
 
 def dvc(cwd, *args):
@@ -58,19 +28,9 @@ def ran(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    proj = copy_project(tmp_path_factory.mktemp("dag"))
-    params = micro(yaml.safe_load((proj / "params.yaml").read_text()))
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
-        subprocess.run(["git", *cmd], cwd=proj, check=True)
-    dvc(proj, "init", "-q")
-    subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
-    subprocess.run(["git", "commit", "-qm", "micro"], cwd=proj, check=True)
-    out = dvc(proj, "repro")
-    subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
-    subprocess.run(["git", "commit", "-qm", "repro"], cwd=proj, check=True)
-    return proj, out
+def repo(micro_dag, tmp_path_factory):
+    built, out = micro_dag
+    return copy(built, tmp_path_factory.mktemp("dag") / "proj"), out
 
 
 def test_repro_runs_the_whole_dag(repo):

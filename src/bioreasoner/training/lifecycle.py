@@ -479,6 +479,11 @@ class TrainingRun:
             with atomic_path(self.live_dir, directory=True) as tmp:
                 if staged is not None and staged.is_dir():
                     shutil.copytree(staged, tmp, dirs_exist_ok=True)
+                if not any(tmp.iterdir()):  # a run that never trained (dpo without pairs) logged nothing:
+                    # git cannot hold an empty folder, so a fresh clone would miss this git-tracked
+                    # out (`dvc status`: deleted); DVCLive's summary file keeps it (the report skips
+                    # folders without plots/metrics)
+                    write_json(tmp / "metrics.json", out)
         write_json(self.metrics_path, out)
         log.info("%s: rank %d published the curves and %s", self.stage, rank(), self.metrics_path)
         if self.checkpoint is not None:
