@@ -260,7 +260,7 @@ def test_dpo_without_pairs_is_a_recorded_no_op(tiny_base, tmp_path, monkeypatch)
     record = json.loads((tmp_path / "adapter/lineage.json").read_text())
     assert record["stage"] == "dpo@v2_0 (no pairs: untrained)" and set(record["params"]["rounds"]) == {"v2_0"}
     assert [p.name for p in (tmp_path / "live").iterdir()] == ["metrics.json"]  # the earlier plots/ are gone
-    assert json.loads((tmp_path / "live/metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "live/metrics.json").read_text()) == {**metrics, "launch": launch}
     # seeded: a second run writes the same bytes (LoRA's A starts random), so dvc.lock is stable
     first = (tmp_path / "adapter/adapter_model.safetensors").read_bytes()
     load_stage("dpo").main()
