@@ -88,26 +88,40 @@ class GenerationCfg(Section):
 Backend = Literal["hf", "vllm", "openai"]
 
 
-class ServerCfg(Section):
+class EndpointCfg(Section):
+    """The connection to an OpenAI-compatible endpoint, shared by `server:` (`ServerCfg`), an
+    `openai` judge (`OpenAIJudgeCfg`) and an `openai` teacher (`OpenAITeacherCfg`).
+
+    `endpoints.client.EndpointClient.from_config` turns these fields into the HTTP client (see
+    there for what each one bounds). A subclass changes a default by redeclaring the field with
+    the same type. These fields come first in each subclass's field order, so they are validated
+    (and a bad one reported) before the subclass's own.
+    """
+
+    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # e.g. http://127.0.0.1:8000/v1; no user:pass@
+    # no default: a key is sent only when you name its variable (the key itself never goes in params)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's name, never the key
+    timeout_s: PosFloat = 120.0  # per HTTP attempt (connect + each read), never past the deadline
+    deadline_s: PosFloat = 600.0  # total per item or request, retries and Retry-After waits included
+    max_retries: NonNegInt = 3  # HTTP retries per item or request (429, 5xx, connection errors)
+    backoff_s: NonNegFloat = 1.0  # retry n (from 0) waits backoff_s x 2^n, unless Retry-After says otherwise
+    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is cut and is an error
+
+
+class ServerCfg(EndpointCfg):
     """A served copy of the model a stage samples (`backend: openai`): the OpenAI-compatible
     `/completions` endpoint that `vllm serve models/merged/<V>` exposes, at `base_url`.
 
     DVC cannot see what a remote server has loaded: the stage renders prompts with the model
     folder it declares as a dep, and refuses to start unless `<base_url>/models` lists
     `model` (default: that folder's path, the name `vllm serve <folder>` serves it under).
+    The connection fields (base_url, api_key_env, timeout_s, deadline_s, ...) are `EndpointCfg`'s.
     """
 
-    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # e.g. http://127.0.0.1:8000/v1; no user:pass@
     model: str | None = None  # served name; null = the stage's model folder as written in dvc.yaml
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the key's variable, never the key
     max_concurrency: Annotated[int, Field(gt=0, le=256)] = 16  # requests in flight (vLLM batches them)
     add_special_tokens: StrictBool | None = False  # vLLM's field; false = tokenize as the hf path does; null = not sent
-    timeout_s: PosFloat = 120.0  # per HTTP attempt
-    deadline_s: PosFloat = 600.0  # per item, retries and waits included
-    max_retries: NonNegInt = 3
-    backoff_s: NonNegFloat = 1.0
     retry_budget: NonNegInt = 100  # HTTP retries per stage, all items together
-    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is an error
 
 
 # --------------------------------------------------------------------------- data stages
@@ -255,23 +269,18 @@ class RubricJudgeCfg(Section):
     name: str | None = None
 
 
-class OpenAIJudgeCfg(Section):
-    """An OpenAI-compatible chat endpoint (src/bioreasoner/scoring/judge/openai.py)."""
+class OpenAIJudgeCfg(EndpointCfg):
+    """An OpenAI-compatible chat endpoint (src/bioreasoner/scoring/judge/openai.py); the
+    connection fields are `EndpointCfg`'s."""
 
     kind: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # no user:pass@ (keys go in api_key_env)
     model: str = Field(min_length=1)
-    # no default: a key is sent only when you name its variable (the key itself never goes in params)
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     name: str | None = None
     cache_dir: str = ".cache/judge"
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.0
     max_tokens: PosInt = 256  # every request is capped
-    timeout_s: PosFloat = 60.0  # per HTTP attempt (connect + each read), never past the deadline
-    deadline_s: PosFloat = 300.0  # total per item, retries and Retry-After waits included
-    max_retries: NonNegInt = 3
-    backoff_s: NonNegFloat = 1.0
-    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is cut and is an error
+    timeout_s: PosFloat = 60.0  # a judge's defaults are shorter than EndpointCfg's 120 s ...
+    deadline_s: PosFloat = 300.0  # ... and 600 s
 
 
 JudgeCfg = Annotated[RubricJudgeCfg | OpenAIJudgeCfg, Field(discriminator="kind")]
@@ -314,23 +323,17 @@ class ExtractiveTeacherCfg(Section):
     kind: Literal["extractive"]
 
 
-class OpenAITeacherCfg(Section):
-    """An LLM teacher behind an OpenAI-compatible chat endpoint (src/bioreasoner/tasks/llm_teacher.py)."""
+class OpenAITeacherCfg(EndpointCfg):
+    """An LLM teacher behind an OpenAI-compatible chat endpoint (src/bioreasoner/tasks/llm_teacher.py);
+    the connection fields are `EndpointCfg`'s."""
 
     kind: Literal["openai"]
-    base_url: str = Field(pattern=r"^https?://[^/@\s]+(/\S*)?$")  # no user:pass@ (keys go in api_key_env)
     model: str = Field(min_length=1)
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the variable's name, never the key
     cache_dir: str = ".cache/teacher"
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7  # > 0: a retry with a new seed is a new answer
     max_tokens: PosInt = 1024  # every request is capped
     max_concurrency: PosInt = 8  # requests in flight
     requests_per_second: PosFloat | None = None  # polite rate limit; null = none
-    timeout_s: PosFloat = 120.0  # per HTTP attempt (connect + each read), never past the deadline
-    deadline_s: PosFloat = 600.0  # total per request, retries and Retry-After waits included
-    max_retries: NonNegInt = 3  # HTTP retries per request (429, 5xx, connection errors)
-    backoff_s: NonNegFloat = 1.0
-    max_response_bytes: Annotated[int, Field(ge=1024)] = 1_000_000  # a longer reply is an error
     retry_budget: NonNegInt = 200  # HTTP retries for the whole stage; spent and needed: the stage fails
     budget_s: PosFloat | None = None  # wall-clock budget for the whole stage; passed: the stage fails
     max_attempts: PosInt = 3  # responses asked per task (a new seed each) until one passes the rules

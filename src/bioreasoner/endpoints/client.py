@@ -20,6 +20,9 @@ that a slow, broken or hostile endpoint cannot hang a stage, fill its memory or 
   Content-Length is refused unread). Compressed replies are not accepted (identity is asked
   for), so the cap is the real size.
 
+`EndpointClient.from_config(cfg, budget=..., name=...)` builds one from a params section
+(`core.config.EndpointCfg`: `server:`, an `openai` judge or teacher), field for field.
+
 The client is thread-safe for concurrent calls (one `requests.Session` per thread; the retry
 budget and the request counter are locked), so callers may fan items out to a thread pool.
 """
@@ -34,11 +37,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
+
+if TYPE_CHECKING:
+    from bioreasoner.core.config import EndpointCfg
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +138,29 @@ class EndpointClient:
         self.network_requests = 0  # attempts sent to the server (metrics, tests)
         if self.api_key_env and not os.environ.get(self.api_key_env):
             log.warning("%s: %s is not set: requests go without an API key", self.name, self.api_key_env)
+
+    @classmethod
+    def from_config(
+        cls, cfg: EndpointCfg, *, budget: RetryBudget | None = None, name: str = "endpoint", **overrides: Any
+    ) -> EndpointClient:
+        """The client of an endpoint's params section: its connection fields, under the same names.
+
+        `budget` is the stage's shared `RetryBudget` (None: unlimited) and `name` the prefix of
+        log lines. `overrides` are passed on as keyword arguments (`session`, `sleep`, `clock`
+        in tests) and win over the section's fields.
+        """
+        kwargs: dict[str, Any] = {
+            "base_url": cfg.base_url,
+            "api_key_env": cfg.api_key_env,
+            "timeout_s": cfg.timeout_s,
+            "deadline_s": cfg.deadline_s,
+            "max_retries": cfg.max_retries,
+            "backoff_s": cfg.backoff_s,
+            "max_response_bytes": cfg.max_response_bytes,
+            "budget": budget,
+            "name": name,
+        }
+        return cls(**(kwargs | overrides))
 
     def url(self, path: str) -> str:
         return self.base_url + "/" + path.lstrip("/")

@@ -124,14 +124,8 @@ class ServedSampler:
     def __init__(self, cfg: ServerCfg, *, model: str, budget: RetryBudget | None = None, name: str = "sampler"):
         self.cfg = cfg
         self.model = cfg.model or model  # the served name: vllm serve <folder> serves it as <folder>
-        self.http = EndpointClient(
-            cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            timeout_s=cfg.timeout_s,
-            deadline_s=cfg.deadline_s,
-            max_retries=cfg.max_retries,
-            backoff_s=cfg.backoff_s,
-            max_response_bytes=cfg.max_response_bytes,
+        self.http = EndpointClient.from_config(
+            cfg,
             budget=budget if budget is not None else RetryBudget(cfg.retry_budget, "server.retry_budget"),
             name=name,
         )

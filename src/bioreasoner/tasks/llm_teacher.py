@@ -230,19 +230,8 @@ class OpenAITeacher:
     ):
         self.cfg, self.seed = cfg, seed
         self.budget = RetryBudget(cfg.retry_budget, param="teacher.retry_budget")
-        self.http = EndpointClient(
-            cfg.base_url,
-            api_key_env=cfg.api_key_env,
-            timeout_s=cfg.timeout_s,
-            deadline_s=cfg.deadline_s,
-            max_retries=cfg.max_retries,
-            backoff_s=cfg.backoff_s,
-            max_response_bytes=cfg.max_response_bytes,
-            budget=self.budget,
-            name=f"teacher {cfg.model}",
-            session=session,
-            sleep=sleep,
-            clock=clock,
+        self.http = EndpointClient.from_config(
+            cfg, budget=self.budget, name=f"teacher {cfg.model}", session=session, sleep=sleep, clock=clock
         )
         self.cache_dir = Path(cfg.cache_dir)
         self.limiter = RateLimiter(cfg.requests_per_second, clock, sleep)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from bioreasoner.core.config import EndpointCfg
 from bioreasoner.core.io import atomic_path
 from bioreasoner.core.records import Task
 from bioreasoner.core.safety import defang_fences, fence
@@ -150,19 +151,19 @@ class OpenAIJudge:
         if max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
         self.name = name or f"openai:{model}"
-        self.http = EndpointClient(
-            base_url,
+        # The arguments as the section they come from (`from_config`) or stand for (a direct
+        # call), not validated again: the client checks them, with its own limits, as before.
+        endpoint = EndpointCfg.model_construct(
+            base_url=base_url,
             api_key_env=api_key_env,
             timeout_s=timeout_s,
             deadline_s=deadline_s,
             max_retries=max_retries,
             backoff_s=backoff_s,
             max_response_bytes=max_response_bytes,
-            budget=budget,
-            name=f"judge {self.name}",
-            session=session,
-            sleep=sleep,
-            clock=clock,
+        )
+        self.http = EndpointClient.from_config(
+            endpoint, budget=budget, name=f"judge {self.name}", session=session, sleep=sleep, clock=clock
         )
         self.url = self.http.url("chat/completions")
         self.model = model
