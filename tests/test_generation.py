@@ -121,3 +121,40 @@ def test_decode_equals_generate_on_a_padded_batch_and_stops_each_row_at_its_stop
         assert row[: len(mine)] == mine  # generate only pads after the stop token
         assert not stops.intersection(mine[:-1])  # nothing is generated after a stop token
         assert len(mine) == 30 or mine[-1] in stops
+
+
+def test_worker_processes_return_what_one_process_does_in_input_order(tiny):
+    """workers: 2 decodes batches in two spawned processes of one thread each; with one thread
+    here too, every response is the same string, and `on_batch` sees batches in plan order."""
+    model, tok, tasks = tiny
+    seeds = [item_seed(3, t.id) for t in tasks]
+    one = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10, batch_size=2)
+    two = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=10, batch_size=2, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the workers get 2 // 2 = 1 thread each
+    seen: list[list[int]] = []
+    try:
+        parallel = sample(model, tok, prompts(tasks), seeds, two, on_batch=lambda idx, _: seen.append(idx))
+        torch.set_num_threads(1)
+        serial_seen: list[list[int]] = []
+        serial = sample(model, tok, prompts(tasks), seeds, one, on_batch=lambda idx, _: serial_seen.append(idx))
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel == serial
+    assert seen == serial_seen and len(seen) > 2  # several batches, handed back in the same order
+
+
+def test_sampling_dtype_uses_a_cast_copy_and_leaves_the_model_alone(tiny):
+    from bioreasoner.modeling.generation import sampling_model
+
+    model, tok, tasks = tiny
+    assert model.dtype == torch.float32
+    assert sampling_model(model, "auto") is model and sampling_model(model, "float32") is model
+    seeds = [item_seed(5, t.id) for t in tasks]
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, batch_size=3, dtype="bfloat16")
+    via_param = sample(model, tok, prompts(tasks), seeds, params)
+    assert model.dtype == torch.float32  # the caller's model (e.g. one being trained) is not cast
+    cast = sampling_model(model, "bfloat16")
+    assert cast is not model and cast.dtype == torch.bfloat16
+    direct = sample(cast, tok, prompts(tasks), seeds, SamplingParams(temperature=1.0, max_new_tokens=12, batch_size=3))
+    assert via_param == direct

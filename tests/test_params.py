@@ -82,6 +82,9 @@ CASES = [
     # choices
     (with_value("model.quantization", "8bit"), "model.quantization", "'none' or '4bit'"),
     (with_value("model.dtype", "fp32"), "model.dtype", "float32"),
+    (with_value("eval.generation.dtype", "bf16"), "eval.generation.dtype", "bfloat16"),  # torch's names only
+    (with_value("eval.generation.workers", 0), "eval.generation.workers", "greater than or equal to 1"),
+    (with_value("sft.bf16", "yes"), "sft.bf16", "boolean"),  # TRL's field: true, false or null
     (with_value("model.quantization", "4bit"), "model", "bfloat16"),  # 4bit needs a 16-bit compute dtype
     (with_value("rounds.v2_0.mode", "best"), "rounds.v2_0.mode", "distill"),
     (with_value("harvest.sources.0.kind", "pubmed_csv"), "harvest.sources.0", "pubmedqa"),

@@ -81,6 +81,12 @@ class GenerationCfg(Section):
     top_p: TopP = 1.0
     max_new_tokens: PosInt = 256
     batch_size: PosInt = 32
+    # Sampling only: `auto` = the dtype the model was loaded in (model.dtype); `bfloat16` samples
+    # from a bf16 copy of an fp32 model (AVX512-BF16 CPUs: ~1.5x the tokens/s) [D18].
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # CPU only: processes sampling batches in parallel, each with its share of the threads; a
+    # batch's tokens do not depend on which process ran it. 1 = in this process [D18].
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
 
 
 # `hf`: our KV-cached loop in-process; `vllm`: vLLM's in-process engine (CUDA); `openai`: one
@@ -362,6 +368,9 @@ class _TrainerFields(Section):
     per_device_train_batch_size: PosInt = 8
     gradient_accumulation_steps: PosInt = 1
     gradient_checkpointing: StrictBool = False
+    # Mixed precision (autocast; trainable weights stay in model.dtype). null = on when
+    # model.dtype is bfloat16. On AVX512-BF16 CPUs true is ~1.6x faster per step [D18].
+    bf16: StrictBool | None = None
     logging_steps: PosInt = 5
     save_steps: PosInt = 25
 

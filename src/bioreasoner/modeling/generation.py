@@ -14,10 +14,13 @@ was conditioned on after the assistant tag. This is the only place prefixes are 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +39,8 @@ class SamplingParams:
     max_new_tokens: int = 256
     batch_size: int = 16
     prefix: str = ""  # forced start of every response, e.g. "<think>\n"
+    dtype: str = "auto"  # sample from a copy in this dtype; auto = the model's own
+    workers: int = 1  # CPU processes decoding batches in parallel (threads split between them)
 
 
 def item_seed(seed: int, *keys: object) -> int:
@@ -130,18 +135,13 @@ def sample(
     done = done or {}
     out: list[str] = [done.get(i, "") for i in range(len(texts))]
     tokenizer.padding_side = "left"
-    model.eval()
     todo = [b for b in plan_batches(tokenizer, texts, params.batch_size) if not all(i in done for i in b)]
-    with tqdm(total=len(texts), initial=len(texts) - sum(map(len, todo)), desc=desc, unit="item", disable=None) as bar:
-        for idx in todo:
-            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = enc.to(model.device)
-            sampler = None  # greedy
-            if params.temperature > 0:
-                sampler = PerRowSampler(
-                    [seeds[i] for i in idx], params.temperature, params.top_p, params.max_new_tokens
-                )
-            new = decode(model, enc["input_ids"], enc["attention_mask"], sampler, params.max_new_tokens)
+    jobs = (_job(tokenizer, [texts[i] for i in idx], [seeds[i] for i in idx], params) for idx in todo)
+    with (
+        tqdm(total=len(texts), initial=len(texts) - sum(map(len, todo)), desc=desc, unit="item", disable=None) as bar,
+        _Decoder(sampling_model(model, params.dtype), params.workers) as decoder,
+    ):
+        for idx, new in zip(todo, decoder.map(jobs), strict=True):
             responses = [params.prefix + tokenizer.decode(row, skip_special_tokens=True) for row in new]
             for i, r in zip(idx, responses, strict=True):
                 out[i] = r
@@ -149,6 +149,90 @@ def sample(
                 on_batch(idx, responses)
             bar.update(len(idx))
     return out
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def sampling_model(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
+    """The model itself when `dtype` is `auto` or its own dtype; else a copy cast to `dtype`
+    (the caller's model, which may be training, is left as it is)."""
+    if dtype == "auto" or _DTYPES[dtype] == model.dtype:
+        return model
+    return copy.deepcopy(model).to(_DTYPES[dtype])
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One batch to decode: everything a worker process needs, no tokenizer."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    seeds: list[int]
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+    def run(self, model: PreTrainedModel) -> list[list[int]]:
+        sampler = None  # greedy
+        if self.temperature > 0:
+            sampler = PerRowSampler(self.seeds, self.temperature, self.top_p, self.max_new_tokens)
+        ids, mask = self.input_ids.to(model.device), self.attention_mask.to(model.device)
+        return decode(model, ids, mask, sampler, self.max_new_tokens)
+
+
+def _job(tokenizer: PreTrainedTokenizerBase, texts: list[str], seeds: list[int], params: SamplingParams) -> _Job:
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return _Job(enc["input_ids"], enc["attention_mask"], seeds, params.temperature, params.top_p, params.max_new_tokens)
+
+
+class _Decoder:
+    """Decodes jobs in this process (`workers` 1) or in a pool of spawned CPU processes, each
+    holding a copy of the model and an equal share of this process's threads. Results come back
+    in job order whichever process finished first, so callers (and files they append to) see
+    the same sequence either way."""
+
+    def __init__(self, model: PreTrainedModel, workers: int):
+        if workers > 1 and model.device.type != "cpu":
+            raise ValueError(f"generation.workers: {workers} is for CPU sampling; the model is on {model.device}")
+        self.model, self.workers = model, workers
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _Decoder:
+        self.model.eval()
+        if self.workers > 1:
+            threads = max(1, torch.get_num_threads() // self.workers)
+            self.pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),  # fork after OpenMP started can hang
+                initializer=_init_worker,
+                initargs=(self.model, threads),
+            )
+        return self
+
+    def map(self, jobs: Iterable[_Job]) -> Iterator[list[list[int]]]:
+        if self.pool is None:
+            return (job.run(self.model) for job in jobs)
+        return self.pool.map(_run_in_worker, jobs)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+_WORKER_MODEL: PreTrainedModel | None = None
+
+
+def _init_worker(model: PreTrainedModel, threads: int) -> None:
+    global _WORKER_MODEL
+    torch.set_num_threads(threads)
+    _WORKER_MODEL = model.eval()
+
+
+@torch.no_grad()
+def _run_in_worker(job: _Job) -> list[list[int]]:
+    assert _WORKER_MODEL is not None, "worker not initialised"
+    return job.run(_WORKER_MODEL)
 
 
 def stop_ids(model: PreTrainedModel) -> list[int]:

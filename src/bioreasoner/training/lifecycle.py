@@ -370,7 +370,7 @@ class TrainingRun:
             "seed": seed,
             "data_seed": seed,
             "gradient_checkpointing_kwargs": {"use_reentrant": False},  # [D9]: reentrant + LoRA loses grads
-            "bf16": model.dtype == "bfloat16",
+            "bf16": model.dtype == "bfloat16" if cfg.bf16 is None else cfg.bf16,
             "save_total_limit": SAVE_TOTAL_LIMIT,
             "report_to": "none",  # DVCLive is attached by `train`, into this run's staging folder
             "use_cpu": not torch.cuda.is_available(),
