@@ -7,6 +7,9 @@ Both runs sample the same test prompts with the same per-item seeds and settings
 in this process, and the script prints items/s of each and their ratio. It also prints how many
 items came out identical in both runs: the sampler's guarantee is that a row's sample does not
 depend on its batch (up to float noise from padding, which can flip a near-tie).
+
+A third run samples the batched way with eval's `dtype` and `workers` (bf16 copy, one process
+per core: [D18]) and prints its ratio to the fp32, one-process batched run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def main() -> None:
     same = sum(a == b for a, b in zip(results["batched"], results["one at a time"], strict=True))
     print(f"speed-up batched / one at a time: {results['one at a time_s'] / results['batched_s']:.1f}x (goal >= 8x)")
     print(f"identical samples in both runs: {same} / {len(tasks)}")
+
+    dtype, workers = gen.get("dtype", "auto"), gen.get("workers", 1)
+    start = time.perf_counter()
+    sample(
+        model,
+        tok,
+        prompts,
+        seeds,
+        SamplingParams(batch_size=args.batch_size, dtype=dtype, workers=workers, **common),
+        desc=f"{dtype}, {workers} process(es)",
+    )
+    elapsed = time.perf_counter() - start
+    print(f"batched, dtype {dtype}, workers {workers}: {len(tasks) / elapsed:7.2f} items/s ({elapsed:.1f}s)")
+    print(f"speed-up over fp32 in one process: {results['batched_s'] / elapsed:.2f}x (process start-up included)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ GRPO adapter before consolidation), so "sleep vs no-sleep" is paired within a ru
 changes what consolidation draws (replay rows, teacher samples, batches); the GRPO adapter
 before it is the committed one. Writes, per variant and metric (final forgetting, BWT, average
 seen accuracy), the per-seed values, and for each comparison the per-seed paired differences,
-their mean and a 95% t-interval over seeds; `significant` when the interval excludes 0.
+their mean and a 95% t-interval over seeds; `significant` when the interval excludes 0. Only
+experiments queued from `--baseline` (HEAD) are read: the same names from an older commit are
+an older lineage's.
 With 3 seeds the t-interval is wide (t = 4.30): only large, consistent effects count.
 """
 
@@ -83,7 +85,11 @@ def main() -> None:
     ap.add_argument("--out", default="metrics/ablation.json")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--collect", action="store_true", help="queue nothing: read the experiments that ran")
+    ap.add_argument("--baseline", default="HEAD", help="with --collect: the commit the experiments ran from")
     args = ap.parse_args()
+    # experiments of the same name queued from an older commit (an older lineage) are not read
+    baseline = subprocess.run(["git", "rev-parse", args.baseline], capture_output=True, text=True, check=True)
+    baseline_rev = baseline.stdout.strip()
 
     names = {f"sleep-{v}-s{s}".replace("_", "-"): (v, s) for s in args.seeds for v in args.variants}
     if not args.collect:
@@ -95,6 +101,8 @@ def main() -> None:
     shown = json.loads(dvc("exp", "show", "--json", "--all-commits"))  # experiments stay on the commit they ran from
     runs: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in VARIANTS}  # variant -> seed -> cls.json
     for commit in shown:
+        if commit.get("rev") != baseline_rev:
+            continue
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
                 name = rev.get("name")
@@ -105,7 +113,13 @@ def main() -> None:
     if missing and not args.collect:
         raise SystemExit(f"error: experiments without metrics/cls.json: {missing} (see `dvc queue logs NAME`)")
     keys = ("final_forgetting", "final_bwt", "final_seen_acc_avg")
-    out: dict[str, Any] = {"seeds": args.seeds, "missing": sorted(missing), "variants": {}, "comparisons": {}}
+    out: dict[str, Any] = {
+        "baseline": baseline_rev,
+        "seeds": args.seeds,
+        "missing": sorted(missing),
+        "variants": {},
+        "comparisons": {},
+    }
     for variant, by_seed in runs.items():
         if by_seed:
             out["variants"][variant] = {k: {str(s): by_seed[s][k] for s in sorted(by_seed)} for k in keys}

@@ -105,6 +105,9 @@ def test_every_training_and_sampling_config_builds_without_weights(merged, tmp_p
         assert body["model"] == f"models/merged/{r.policy}" and body["max_tokens"] == 1024, name
     gen = SamplingParams(**p.eval.generation.model_dump())
     assert (gen.temperature, gen.max_new_tokens) == (0.7, 1024)
+    # the CPU default's bf16 copy and sampling processes are not carried onto a GPU [D18]
+    blocks = [p.eval.generation, p.cls.generation, *(r.generation for r in p.rounds.values())]
+    assert all((g.dtype, g.workers) == ("auto", 1) for g in blocks)
     assert ServedSampler(p.eval.server, model="models/merged/sft").body("p", 2, gen)["seed"] == 2
     # the teacher: an OpenAI-compatible client built from the preset, nothing sent
     teacher = OpenAITeacher(p.teacher, p.seed)
