@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--out", default="metrics/ablation.json")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--collect", action="store_true", help="queue nothing: read the experiments that ran")
-    ap.add_argument("--baseline", default="HEAD", help="with --collect: the commit the experiments ran from")
+    ap.add_argument("--baseline", default="HEAD", help="the commit experiments are queued from; only its are read")
     args = ap.parse_args()
     # experiments of the same name queued from an older commit (an older lineage) are not read
     baseline = subprocess.run(["git", "rev-parse", args.baseline], capture_output=True, text=True, check=True)
