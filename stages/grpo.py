@@ -6,10 +6,11 @@
         --metrics metrics/grpo.json --live-dir dvclive/grpo
 
 TRL `GRPOTrainer` ([D1], reward [D6]) over v3.0's parent (`merge.versions.v3_0.parent`, the
-default `--policy`): `grpo.prompts` train tasks (a seeded draw), `num_generations` completions
-per prompt, rewards from `bioreasoner.scoring.rewards` named in `grpo.rewards` with their
-weights (grounding, format, quality, correctness). The drawn prompts are an out
-(`data/grpo/prompts.jsonl`, task ids): cls_sleep replays exactly these instead of redrawing.
+default `--policy`): `grpo.prompts` train tasks (a seeded draw from `grpo.task_types`, by type
+and gold decision with `stratify: gold`), `num_generations` completions per prompt, rewards
+from `bioreasoner.scoring.rewards` named in `grpo.rewards` with their weights (grounding,
+format, quality, correctness). The drawn prompts are an out (`data/grpo/prompts.jsonl`, task
+ids): cls_sleep replays exactly these instead of redrawing.
 DVCLive logs the total and per-term reward, KL, completion length and the clipped share;
 `metrics/grpo.json` has each term's mean over the first and the last five logged steps, so a
 reader sees which term moved. Resumable like sft (`checkpoints/grpo`).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import Counter
 from typing import Any
 
 from datasets import Dataset
@@ -92,16 +94,19 @@ def main() -> None:
     p = config.load(args.params, sections=SECTIONS)
     policy = args.policy or p.grpo_policy
 
-    # -- 2. data: the seeded draw of prompts, enough to fill one generation batch
-    tasks = select_prompts(read_tasks(args.tasks), p.grpo.prompts, p.seed, "grpo")
+    # -- 2. data: the seeded draw of prompts (of `task_types`), enough to fill one generation batch
+    pool = [t for t in read_tasks(args.tasks) if p.grpo.task_types is None or t.type in p.grpo.task_types]
+    tasks = select_prompts(pool, p.grpo.prompts, p.seed, "grpo", p.grpo.stratify)
     if len(tasks) < prompts_per_step(p):
         raise BadInputError(
             args.tasks,
             None,
-            f"{len(tasks)} prompt(s), but one GRPO step samples {prompts_per_step(p)} distinct prompts "
-            "(per_device_train_batch_size x gradient_accumulation_steps / num_generations)",
+            f"{len(tasks)} prompt(s) (grpo.task_types: {p.grpo.task_types}), but one GRPO step samples "
+            f"{prompts_per_step(p)} distinct prompts (per_device_train_batch_size x gradient_accumulation_steps "
+            "/ num_generations)",
         )
-    log.info("%d GRPO prompts x %d generations", len(tasks), p.grpo.num_generations)
+    strata = Counter(t.gold if t.type == "qa" else t.type for t in tasks)
+    log.info("%d GRPO prompts x %d generations (%s)", len(tasks), p.grpo.num_generations, dict(sorted(strata.items())))
 
     # -- 3. model and trainer, over this run's checkpoint folder (resumed when one exists)
     run = TrainingRun(
@@ -124,6 +129,7 @@ def main() -> None:
     metrics: dict[str, Any] = {k.replace("/", "_"): final_log(history, k) for k in CURVES}
     metrics["reward_terms"] = {name: first_last(history, f"rewards/{name}/mean") for name in trainer.reward_func_names}
     metrics["prompts"] = len(tasks)
+    metrics["prompt_strata"] = dict(sorted(strata.items()))  # qa by gold decision, other tasks by type
     run.finish(metrics)
     log.info("grpo: reward terms %s", metrics["reward_terms"])
 

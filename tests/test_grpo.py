@@ -50,6 +50,8 @@ def micro_edit(suppress: list[int], **changes):
             save_steps=1000,
             rewards={"grounding": {"weight": 1.0, "cap": 3.0}},
             generation_kwargs={"suppress_tokens": suppress},
+            mask_truncated_completions=False,  # every 4-token completion is cut: masked, none would train
+            task_types=["qa"],  # the citing task's rows
         )
         params["grpo"].update(changes)
         params["grpo"]["lora"]["modules_to_save"] = ["lm_head"]  # let the head move fast in 30 steps
@@ -81,7 +83,8 @@ def test_stage_writes_the_prompts_it_trained_on_and_step_keyed_curves(citing_pol
 
     policy, suppress = citing_policy
     tasks = [make_task(i) for i in range(5)]
-    (tmp_path / "train.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in tasks))
+    other = [make_task(10 + i, "gap_analysis") for i in range(3)]  # not in grpo.task_types: never drawn
+    (tmp_path / "train.jsonl").write_text("".join(t.model_dump_json() + "\n" for t in tasks + other))
     write_params(tmp_path / "params.yaml", micro_edit(suppress, max_steps=3, prompts=3))
     args = ["--params", "params.yaml", "--policy", str(policy), "--tasks", "train.jsonl", "--out", "adapter"]
     args += ["--prompts-out", "prompts.jsonl", "--metrics", "grpo.json", "--live-dir", "live", "--checkpoints", "ckpt"]
@@ -91,10 +94,12 @@ def test_stage_writes_the_prompts_it_trained_on_and_step_keyed_curves(citing_pol
     grpo.main()
 
     ids = [TaskRef.model_validate_json(line).task_id for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
-    drawn = grpo.select_prompts(tasks, 3, grpo.config.load("params.yaml", sections=grpo.SECTIONS).seed, "grpo")
-    assert ids == [t.id for t in drawn] and len(ids) == 3
+    p = grpo.config.load("params.yaml", sections=grpo.SECTIONS)
+    drawn = grpo.select_prompts(tasks, 3, p.seed, "grpo", p.grpo.stratify)
+    assert ids == [t.id for t in drawn] and len(ids) == 3 and all(i.startswith("qa-") for i in ids)
     metrics = json.loads((tmp_path / "grpo.json").read_text())
     assert metrics["global_step"] == 3 and metrics["prompts"] == 3 and metrics["train_loss"] is not None
+    assert sum(metrics["prompt_strata"].values()) == 3
     assert set(metrics["reward_terms"]) == {"grounding"}
     rows = (tmp_path / "live/plots/metrics/reward.tsv").read_text().splitlines()
     assert [r.split("\t")[0] for r in rows] == ["step", "1", "2", "3"]

@@ -85,6 +85,8 @@ CASES = [
     (with_value("eval.generation.dtype", "bf16"), "eval.generation.dtype", "bfloat16"),  # torch's names only
     (with_value("eval.generation.workers", 0), "eval.generation.workers", "greater than or equal to 1"),
     (with_value("sft.bf16", "yes"), "sft.bf16", "boolean"),  # TRL's field: true, false or null
+    (with_value("grpo.stratify", "decision"), "grpo.stratify", "'none' or 'gold'"),  # the two draws there are
+    (with_value("grpo.mask_truncated_completions", 1), "grpo.mask_truncated_completions", "boolean"),  # not a 0/1
     (with_value("model.quantization", "4bit"), "model", "bfloat16"),  # 4bit needs a 16-bit compute dtype
     (with_value("rounds.v2_0.mode", "best"), "rounds.v2_0.mode", "distill"),
     (with_value("harvest.sources.0.kind", "pubmed_csv"), "harvest.sources.0", "pubmedqa"),

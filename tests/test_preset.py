@@ -108,6 +108,7 @@ def test_every_training_and_sampling_config_builds_without_weights(merged, tmp_p
     # the CPU default's bf16 copy and sampling processes are not carried onto a GPU [D18]
     blocks = [p.eval.generation, p.cls.generation, *(r.generation for r in p.rounds.values())]
     assert all((g.dtype, g.workers) == ("auto", 1) for g in blocks)
+    assert p.grpo.task_types is None  # a 7B model trains on qa too; the tiny default's exclusion is not carried [D19]
     assert ServedSampler(p.eval.server, model="models/merged/sft").body("p", 2, gen)["seed"] == 2
     # the teacher: an OpenAI-compatible client built from the preset, nothing sent
     teacher = OpenAITeacher(p.teacher, p.seed)

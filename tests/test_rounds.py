@@ -44,6 +44,46 @@ def test_select_prompts_is_seeded_per_round_and_keeps_file_order():
     assert select_prompts(tasks, 0, 1, "r") == tasks
 
 
+def _pool() -> list:
+    """100 train-like tasks: 80 qa (48 yes, 24 no, 8 maybe, PubMedQA's skew) and 20 of another type."""
+    golds = ["yes"] * 48 + ["no"] * 24 + ["maybe"] * 8
+    qa = [make_task(i).model_copy(update={"gold": g}) for i, g in enumerate(golds)]
+    return qa + [make_task(100 + i, "gap_analysis") for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    ("n", "want"),
+    [
+        (
+            20,
+            {"maybe": 6, "no": 5, "yes": 5, "gap_analysis": 4},
+        ),  # qa quota 16: 6/5/5, the remainder to "maybe" (sorted first)
+        (
+            40,
+            {"maybe": 8, "no": 11, "yes": 10, "gap_analysis": 8},
+        ),  # maybe's share is 11 but it has 8: all, no more, none moved to yes
+        (10, {"maybe": 3, "no": 3, "yes": 2, "gap_analysis": 2}),  # types keep their 80/20 share
+    ],
+)
+def test_select_prompts_gold_stratifies_qa_by_decision_and_types_by_share(n, want):
+    from collections import Counter
+
+    tasks = _pool()
+    drawn = select_prompts(tasks, n, seed=3, round_name="grpo", stratify="gold")
+    assert Counter(t.gold if t.type == "qa" else t.type for t in drawn) == want
+    assert drawn == select_prompts(tasks, n, seed=3, round_name="grpo", stratify="gold")  # seeded
+    assert drawn != select_prompts(tasks, n, seed=4, round_name="grpo", stratify="gold")
+    assert [tasks.index(t) for t in drawn] == sorted(tasks.index(t) for t in drawn)  # file order
+
+
+def test_select_prompts_gold_keeps_all_when_n_covers_them_and_refuses_unknown_modes():
+    tasks = _pool()
+    assert select_prompts(tasks, 0, 1, "grpo", "gold") == tasks
+    assert select_prompts(tasks, 500, 1, "grpo", "gold") == tasks
+    with pytest.raises(ValueError, match="stratify"):
+        select_prompts(tasks, 5, 1, "grpo", "label")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only error")
 def test_vllm_backend_without_cuda_says_so():
     with pytest.raises(RuntimeError, match="vllm"):

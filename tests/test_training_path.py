@@ -200,9 +200,17 @@ def test_duplicate_task_ids_are_refused(stage, tmp_path, monkeypatch):
 
 
 def test_grpo_needs_the_prompts_of_one_generation_batch(tmp_path, monkeypatch):
-    write_tasks(tmp_path / "train.jsonl", [make_task(0)])  # default: 8 completions / 4 per prompt = 2 prompts
+    # default: 8 completions / 4 per prompt = 2 prompts, from grpo.task_types (not qa)
+    write_tasks(tmp_path / "train.jsonl", [make_task(0, "gap_analysis"), make_task(1), make_task(2)])
     with pytest.raises(BadInputError, match="1 prompt.*one GRPO step samples 2 distinct prompts"):
         run_main("grpo", tmp_path, monkeypatch, "--params", str(ROOT / "params.yaml"), "--tasks", "train.jsonl")
+
+
+def test_grpo_draws_only_its_task_types_and_says_which_when_too_few(tmp_path, monkeypatch):
+    write_tasks(tmp_path / "train.jsonl", [make_task(i) for i in range(6)])  # qa only
+    with pytest.raises(BadInputError, match=r"0 prompt\(s\) \(grpo.task_types: \['critique_extend'"):
+        run_main("grpo", tmp_path, monkeypatch, "--params", str(ROOT / "params.yaml"), "--tasks", "train.jsonl")
+    assert not (tmp_path / "models").exists()
 
 
 def test_cls_sleep_refuses_grpo_prompts_that_are_not_train_tasks(tmp_path, monkeypatch):

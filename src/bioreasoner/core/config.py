@@ -28,6 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from bioreasoner.core.io import BadInputError, load_yaml
+from bioreasoner.core.records import TaskType
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -474,12 +475,19 @@ class RewardsCfg(Section):
 
 
 class GRPOCfg(_Trainer):
-    OWN_KEYS: ClassVar[frozenset[str]] = frozenset({"lora", "prompts", "rewards"})
+    OWN_KEYS: ClassVar[frozenset[str]] = frozenset({"lora", "prompts", "task_types", "stratify", "rewards"})
     prompts: NonNegInt = 0  # train tasks drawn (seeded); 0 = all
+    # the task types prompts are drawn from; null = every type [D19]
+    task_types: Annotated[list[TaskType], Field(min_length=1)] | None = None
+    # gold: types in proportion, qa split evenly across gold decisions (training.rounds.select_prompts) [D19]
+    stratify: Literal["none", "gold"] = "none"
     beta: NonNegFloat = 0.04  # KL to the parent; 0 drops the reference pass
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
     num_generations: Annotated[int, Field(ge=2)] = 4  # a group of one has no baseline
     max_completion_length: PosInt = 256
+    # TRL's field: completions cut at max_completion_length get no loss (DAPO); a cut one never
+    # reaches its "Answer:", so it would only ever push down text the finished ones share [D19]
+    mask_truncated_completions: StrictBool = False
     temperature: PosFloat = 1.0  # > 0: a group of identical greedy samples has no advantage
     top_p: TopP = 1.0
     generation_kwargs: dict[str, Any] = {}

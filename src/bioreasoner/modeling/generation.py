@@ -27,6 +27,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
+from bioreasoner.modeling.models import torch_dtype
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -151,15 +153,12 @@ def sample(
     return out
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def sampling_model(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
     """The model itself when `dtype` is `auto` or its own dtype; else a copy cast to `dtype`
     (the caller's model, which may be training, is left as it is)."""
-    if dtype == "auto" or _DTYPES[dtype] == model.dtype:
+    if dtype == "auto" or torch_dtype(dtype) == model.dtype:
         return model
-    return copy.deepcopy(model).to(_DTYPES[dtype])
+    return copy.deepcopy(model).to(torch_dtype(dtype))
 
 
 @dataclass(frozen=True)
@@ -229,7 +228,6 @@ def _init_worker(model: PreTrainedModel, threads: int) -> None:
     _WORKER_MODEL = model.eval()
 
 
-@torch.no_grad()
 def _run_in_worker(job: _Job) -> list[list[int]]:
     assert _WORKER_MODEL is not None, "worker not initialised"
     return job.run(_WORKER_MODEL)

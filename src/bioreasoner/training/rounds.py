@@ -7,15 +7,45 @@ A round's settings are typed params (`bioreasoner.core.config`: `p.rounds[R]`, a
 from __future__ import annotations
 
 import random
+from collections import defaultdict
+from typing import Literal
 
 from bioreasoner.core.records import Task
 from bioreasoner.modeling.generation import item_seed
 
 
-def select_prompts(tasks: list[Task], n: int, seed: int, round_name: str) -> list[Task]:
-    """`n` train tasks drawn without replacement (seeded by round), kept in file order; n <= 0 = all."""
+def select_prompts(
+    tasks: list[Task], n: int, seed: int, round_name: str, stratify: Literal["none", "gold"] = "none"
+) -> list[Task]:
+    """`n` train tasks drawn without replacement (seeded by round), kept in file order; n <= 0 = all.
+
+    `stratify: gold` draws each task type in proportion to its share of `tasks` (rounded) and
+    splits the qa share evenly across gold decisions (the remainder to the labels first in sorted
+    order). A label with fewer tasks than its share gives all it has and the draw is that much
+    smaller than `n`: the shortfall is not moved to another label, which would undo the balance.
+    PubMedQA is 55% "yes": with a correctness reward, a plain draw gives a policy-gradient stage
+    more groups where "yes" is the answer it reinforces than groups where "no" is [D19].
+    """
+    if stratify == "none":
+        if n <= 0 or n >= len(tasks):
+            return list(tasks)
+        rng = random.Random(item_seed(seed, round_name, "prompts"))
+        keep = set(rng.sample(range(len(tasks)), n))
+        return [t for i, t in enumerate(tasks) if i in keep]
+    if stratify != "gold":
+        raise ValueError(f"stratify must be 'none' or 'gold', got {stratify!r}")
     if n <= 0 or n >= len(tasks):
         return list(tasks)
-    rng = random.Random(item_seed(seed, round_name, "prompts"))
-    keep = set(rng.sample(range(len(tasks)), n))
+    rng = random.Random(item_seed(seed, round_name, "prompts", "gold"))
+    strata: dict[str, dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, t in enumerate(tasks):
+        strata[t.type][t.gold if t.type == "qa" else None].append(i)
+    keep: set[int] = set()
+    for _type, by_gold in sorted(strata.items()):
+        quota = round(n * sum(map(len, by_gold.values())) / len(tasks))
+        labels = sorted(by_gold, key=str)
+        for k, label in enumerate(labels):
+            share = quota // len(labels) + (k < quota % len(labels))  # the remainder to the first labels
+            pool = by_gold[label]
+            keep |= set(rng.sample(pool, min(share, len(pool))))
     return [t for i, t in enumerate(tasks) if i in keep]
