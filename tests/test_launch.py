@@ -212,6 +212,7 @@ STAGES = {
     "grpo": lambda d: d["grpo"].update(
         max_steps=-1, prompts=4, per_device_train_batch_size=8, num_generations=4, max_completion_length=4,
         beta=0.0, logging_steps=1, save_steps=100, rewards={"grounding": {"weight": 1.0, "cap": 3.0}},
+        task_types=None,  # the micro tasks are qa
     ),
 }  # fmt: skip
 
