@@ -40,7 +40,7 @@ from bioreasoner.modeling.models import load_for_training, load_tokenizer
 from bioreasoner.scoring.rewards import build_rewards, to_grpo_row
 from bioreasoner.training.data import read_tasks, write_task_ids
 from bioreasoner.training.lifecycle import TrainingRun, final_log, first_last, lora_config
-from bioreasoner.training.rounds import select_prompts
+from bioreasoner.training.rounds import select_prompts, stratum
 
 log = logging.getLogger("grpo")
 
@@ -105,7 +105,7 @@ def main() -> None:
             f"{prompts_per_step(p)} distinct prompts (per_device_train_batch_size x gradient_accumulation_steps "
             "/ num_generations)",
         )
-    strata = Counter(t.gold if t.type == "qa" else t.type for t in tasks)
+    strata = Counter(f"{type_}:{label}" if label else type_ for type_, label in map(stratum, tasks))
     log.info("%d GRPO prompts x %d generations (%s)", len(tasks), p.grpo.num_generations, dict(sorted(strata.items())))
 
     # -- 3. model and trainer, over this run's checkpoint folder (resumed when one exists)
@@ -129,7 +129,7 @@ def main() -> None:
     metrics: dict[str, Any] = {k.replace("/", "_"): final_log(history, k) for k in CURVES}
     metrics["reward_terms"] = {name: first_last(history, f"rewards/{name}/mean") for name in trainer.reward_func_names}
     metrics["prompts"] = len(tasks)
-    metrics["prompt_strata"] = dict(sorted(strata.items()))  # qa by gold decision, other tasks by type
+    metrics["prompt_strata"] = dict(sorted(strata.items()))  # qa by gold decision (qa:yes), other tasks by type
     run.finish(metrics)
     log.info("grpo: reward terms %s", metrics["reward_terms"])
 

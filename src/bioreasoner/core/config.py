@@ -485,8 +485,8 @@ class GRPOCfg(_Trainer):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
     num_generations: Annotated[int, Field(ge=2)] = 4  # a group of one has no baseline
     max_completion_length: PosInt = 256
-    # TRL's field: completions cut at max_completion_length get no loss (DAPO); a cut one never
-    # reaches its "Answer:", so it would only ever push down text the finished ones share [D19]
+    # TRL's field: completions cut at max_completion_length get no loss (DAPO); off by default,
+    # and it did not stop the qa runs' drift to "yes" [D19]
     mask_truncated_completions: StrictBool = False
     temperature: PosFloat = 1.0  # > 0: a group of identical greedy samples has no advantage
     top_p: TopP = 1.0

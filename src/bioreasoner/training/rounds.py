@@ -14,6 +14,11 @@ from bioreasoner.core.records import Task
 from bioreasoner.modeling.generation import item_seed
 
 
+def stratum(task: Task) -> tuple[str, str | None]:
+    """(type, gold decision): the strata of a `stratify: gold` draw; the label is None off qa."""
+    return task.type, task.gold if task.type == "qa" else None
+
+
 def select_prompts(
     tasks: list[Task], n: int, seed: int, round_name: str, stratify: Literal["none", "gold"] = "none"
 ) -> list[Task]:
@@ -26,21 +31,20 @@ def select_prompts(
     PubMedQA is 55% "yes": with a correctness reward, a plain draw gives a policy-gradient stage
     more groups where "yes" is the answer it reinforces than groups where "no" is [D19].
     """
-    if stratify == "none":
-        if n <= 0 or n >= len(tasks):
-            return list(tasks)
-        rng = random.Random(item_seed(seed, round_name, "prompts"))
-        keep = set(rng.sample(range(len(tasks)), n))
-        return [t for i, t in enumerate(tasks) if i in keep]
-    if stratify != "gold":
+    if stratify not in ("none", "gold"):
         raise ValueError(f"stratify must be 'none' or 'gold', got {stratify!r}")
     if n <= 0 or n >= len(tasks):
         return list(tasks)
+    if stratify == "none":
+        rng = random.Random(item_seed(seed, round_name, "prompts"))
+        keep = set(rng.sample(range(len(tasks)), n))
+        return [t for i, t in enumerate(tasks) if i in keep]
     rng = random.Random(item_seed(seed, round_name, "prompts", "gold"))
     strata: dict[str, dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, t in enumerate(tasks):
-        strata[t.type][t.gold if t.type == "qa" else None].append(i)
-    keep: set[int] = set()
+        type_, label = stratum(t)
+        strata[type_][label].append(i)
+    keep = set()
     for _type, by_gold in sorted(strata.items()):
         quota = round(n * sum(map(len, by_gold.values())) / len(tasks))
         labels = sorted(by_gold, key=str)
