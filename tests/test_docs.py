@@ -4,8 +4,10 @@ reasons behind values live in the repo (docs/decisions.md), cited by number."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
+import sys
 
 from tests.conftest import ROOT
 
@@ -62,3 +64,55 @@ def test_every_cited_decision_exists() -> None:
             cited |= {c.strip() for c in group.split(",")}
     assert cited, "nothing cites docs/decisions.md"
     assert cited <= decisions, f"cited but not written: {sorted(cited - decisions)}"
+
+
+def _readme_results():
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LINEAGE = {
+    "versions": {
+        "base": {"pass_rate": {"value": 0.5, "lo": 0.4, "hi": 0.6, "n": 100}},
+        "sft": {
+            "pass_rate": {"value": 0.7, "lo": 0.61, "hi": 0.78, "n": 100},
+            "pubmedqa_macro_f1": {"value": None, "lo": None, "hi": None, "n": 0},
+        },
+    },
+    "deltas": {
+        "sft": {
+            "parent": "base",
+            "pass_rate": {"diff": 0.2, "lo": 0.1, "hi": 0.3, "p": 0.0004, "significant": True, "n_pairs": 100},
+            "pubmedqa_macro_f1": {"diff": None, "lo": None, "hi": None, "p": None, "significant": False},
+        }
+    },
+}
+
+
+def test_results_block_renders_values_intervals_and_significant_deltas() -> None:
+    block = _readme_results().render_block(LINEAGE, rows=("pass_rate", "pubmedqa_macro_f1"))
+    lines = block.splitlines()
+    assert lines[1] == "| metric | base | sft |"
+    # base has no parent: no star; sft's change is significant: starred
+    assert lines[3] == "| pass_rate | 0.500 [0.400, 0.600] | 0.700 [0.610, 0.780] \\* |"
+    # missing in base, null in sft (no qa rows): a dash each, never "None"
+    assert lines[4] == "| pubmedqa_macro_f1 | - | - |"
+    # only the significant delta is listed, with its interval and p
+    assert "- sft vs base: pass_rate +0.2000 [+0.1000, +0.3000], p 0.0004" in lines
+
+
+def test_results_block_check_fails_when_the_readme_is_stale(tmp_path) -> None:
+    m = _readme_results()
+    lineage = tmp_path / "lineage.json"
+    lineage.write_text(json.dumps(LINEAGE))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{m.START}\nold numbers\n{m.END}\noutro\n")
+    script = ROOT / "scripts" / "readme_results.py"
+    args = [sys.executable, str(script), "--lineage", str(lineage), "--readme", str(readme)]
+    assert subprocess.run([*args, "--check"], capture_output=True).returncode == 1
+    subprocess.run(args, check=True)
+    assert subprocess.run([*args, "--check"], capture_output=True).returncode == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text

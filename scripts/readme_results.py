@@ -1,0 +1,96 @@
+"""Regenerate the README's results block (the lineage table and its significant deltas) from
+`metrics/lineage.json`, the `report` stage's output.
+
+    python scripts/readme_results.py          # rewrite the block between the markers in README.md
+    python scripts/readme_results.py --check  # exit 1 if README.md's block differs from the metrics
+
+Each cell is `value [lo, hi]` (the version's 95% interval); a star marks a significant paired
+change from the version's parent (McNemar or paired bootstrap, `report.alpha`), and the list
+under the table gives each such change with its interval. Run it after `dvc repro` and commit it
+with `dvc.lock`, so the README shows the numbers the lock vouches for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start (scripts/readme_results.py) -->", "<!-- results:end -->"
+ROWS = (  # the metrics shown, in order; lineage.json has more
+    "hallucination_rate",
+    "citation_precision",
+    "missing_think_rate",
+    "pass_rate",
+    "pubmedqa_accuracy",
+    "pubmedqa_macro_f1",
+    "pubmedqa_no_decision_rate",
+)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def cell(value: Mapping[str, Any] | None, delta: Mapping[str, Any] | None) -> str:
+    """`0.247 [0.219, 0.279]`, with ` *` when the change from the parent is significant."""
+    if not value or value.get("value") is None:
+        return "-"
+    text = _num(value["value"])
+    if value.get("lo") is not None and value.get("hi") is not None:
+        text += f" [{_num(value['lo'])}, {_num(value['hi'])}]"
+    return text + (" \\*" if delta and delta.get("significant") else "")
+
+
+def render_block(lineage: Mapping[str, Any], rows: tuple[str, ...] = ROWS) -> str:
+    versions = list(lineage["versions"])
+    deltas = lineage.get("deltas", {})
+    lines = [
+        "| metric | " + " | ".join(versions) + " |",
+        "|---|" + "---|" * len(versions),
+    ]
+    for metric in rows:
+        cells = [cell(lineage["versions"][v].get(metric), deltas.get(v, {}).get(metric)) for v in versions]
+        lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+    lines += ["", "Significant changes from the parent (paired, same tasks; `diff [lo, hi]`, p):", ""]
+    for v, delta in deltas.items():
+        moved = [
+            f"{m} {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}], p {d['p']:.3g}"
+            for m, d in delta.items()
+            if isinstance(d, dict) and d.get("significant")
+        ]
+        lines.append(f"- {v} vs {delta['parent']}: " + ("; ".join(moved) if moved else "none"))
+    return "\n".join([START, *lines, END])
+
+
+def splice(readme: str, block: str) -> str:
+    if START not in readme or END not in readme:
+        raise SystemExit(f"README.md has no {START} ... {END} block")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + block + tail
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md's block is stale")
+    ap.add_argument("--lineage", default=str(ROOT / "metrics" / "lineage.json"))
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = ap.parse_args()
+    readme = Path(args.readme)
+    text = readme.read_text(encoding="utf-8")
+    new = splice(text, render_block(json.loads(Path(args.lineage).read_text(encoding="utf-8"))))
+    if args.check:
+        if new != text:
+            print(f"{readme}: results block is stale: run python scripts/readme_results.py", file=sys.stderr)
+            sys.exit(1)
+        return
+    readme.write_text(new, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
