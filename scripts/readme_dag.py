@@ -69,11 +69,13 @@ def render(root: Path = ROOT) -> str:
     )
 
 
-def splice(readme: str, block: str) -> str:
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
+def splice(readme: str, block: str, start: str = START, end: str = END) -> str:
+    """`readme` with the text from `start` to `end` (markers included) replaced by `block`
+    (scripts/readme_results.py splices its own block through this too)."""
+    if start not in readme or end not in readme:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
     return head + block + tail
 
 

@@ -19,17 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from readme_dag import splice  # scripts/ is on the path of a script run from it
+
+from bioreasoner.reporting.plots import KEY_METRICS
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start (scripts/readme_results.py) -->", "<!-- results:end -->"
-ROWS = (  # the metrics shown, in order; lineage.json has more
-    "hallucination_rate",
-    "citation_precision",
-    "missing_think_rate",
-    "pass_rate",
-    "pubmedqa_accuracy",
-    "pubmedqa_macro_f1",
-    "pubmedqa_no_decision_rate",
-)
+ROWS = (*KEY_METRICS, "pubmedqa_no_decision_rate")  # lineage.svg's panels, plus no decision
 
 
 def _num(x: float | None) -> str:
@@ -37,7 +33,7 @@ def _num(x: float | None) -> str:
 
 
 def cell(value: Mapping[str, Any] | None, delta: Mapping[str, Any] | None) -> str:
-    """`0.247 [0.219, 0.279]`, with ` *` when the change from the parent is significant."""
+    """`0.247 [0.219, 0.279]`, with ` \\*` (a Markdown star) when the change from the parent is significant."""
     if not value or value.get("value") is None:
         return "-"
     text = _num(value["value"])
@@ -67,14 +63,6 @@ def render_block(lineage: Mapping[str, Any], rows: tuple[str, ...] = ROWS) -> st
     return "\n".join([START, *lines, END])
 
 
-def splice(readme: str, block: str) -> str:
-    if START not in readme or END not in readme:
-        raise SystemExit(f"README.md has no {START} ... {END} block")
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return head + block + tail
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md's block is stale")
@@ -83,7 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")
-    new = splice(text, render_block(json.loads(Path(args.lineage).read_text(encoding="utf-8"))))
+    new = splice(text, render_block(json.loads(Path(args.lineage).read_text(encoding="utf-8"))), START, END)
     if args.check:
         if new != text:
             print(f"{readme}: results block is stale: run python scripts/readme_results.py", file=sys.stderr)

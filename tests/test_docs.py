@@ -67,6 +67,8 @@ def test_every_cited_decision_exists() -> None:
 
 
 def _readme_results():
+    if str(ROOT / "scripts") not in sys.path:  # its `from readme_dag import splice`, as when run as a script
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("readme_results", ROOT / "scripts" / "readme_results.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
