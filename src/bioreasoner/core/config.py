@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_serializer, model_validator
 
 from bioreasoner.core.io import BadInputError, load_yaml
 from bioreasoner.core.records import TaskType
@@ -56,17 +56,39 @@ class Section(BaseModel):
 # --------------------------------------------------------------------------- shared
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class ModelCfg(Section):
     base: str = Field(min_length=1)  # `tiny`, a Hugging Face id, or a local folder
     trust_remote_code: StrictBool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (bitsandbytes nf4, CUDA only)
+    # Optional, absent from the embedded default: a GGUF file in the `base` folder (transformers'
+    # `gguf_file=`), de-quantized by the base stage into a plain safetensors folder, and its sha256.
+    gguf_file: str | None = Field(default=None, min_length=1)
+    gguf_sha256: Sha256 | None = None
+    # Optional: a Jinja chat template file for a tokenizer that has none (or to replace its own).
+    chat_template: str | None = Field(default=None, min_length=1)
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("gguf_file", "gguf_sha256", "chat_template")
 
     @model_validator(mode="after")
     def _qlora_dtype(self) -> ModelCfg:
         if self.quantization == "4bit" and self.dtype == "float32":
             raise ValueError("quantization 4bit computes in bfloat16 or float16: set model.dtype to one of them")
+        if (self.gguf_file is None) != (self.gguf_sha256 is None):
+            raise ValueError("gguf_file and gguf_sha256 go together: a GGUF file is loaded only against its checksum")
+        if self.gguf_file is not None and self.base == "tiny":
+            raise ValueError("gguf_file needs `base` to be the folder that holds it, not `tiny`")
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_optional(self, handler: Any) -> dict[str, Any]:
+        # the optional keys appear in lineage records only when set: a run without them writes
+        # the same bytes as before they existed
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k in self.OPTIONAL and v is None)}
 
 
 class LoraCfg(Section):

