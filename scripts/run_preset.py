@@ -71,9 +71,7 @@ def prepare(name: str, work: Path) -> None:
         venv.symlink_to(ROOT / ".venv")
     sh("dvc", "config", "--local", "cache.dir", str(ROOT / ".dvc" / "cache"), cwd=work)
     apply(preset_file(name), work / "params.yaml")
-    dry = sh("dvc", "repro", "--dry", cwd=work).stdout
-    stages = re.findall(r"^Running stage '([^']+)'", dry, flags=re.M)
-    if "pretrain" in stages and reads_nothing_pretrained(work):
+    if reads_nothing_pretrained(work):
         sh("dvc", "freeze", "pretrain", cwd=work)
 
 
@@ -83,7 +81,20 @@ def reads_nothing_pretrained(work: Path) -> bool:
 
 
 def planned(work: Path) -> list[str]:
-    return re.findall(r"^Running stage '([^']+)'", sh("dvc", "repro", "--dry", cwd=work).stdout, flags=re.M)
+    """The stages `dvc repro` would run, in its order: those `dvc status` reports changed and
+    everything downstream of them, frozen ones left out."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    changed = set(json.loads(sh("dvc", "status", "--json", cwd=work).stdout or "{}"))
+    with Repo(str(work)) as repo:
+        upstream_first = nx.DiGraph(repo.index.graph).reverse()  # DVC's edges point at dependencies
+        by_name = {st.name: st for st in upstream_first}  # names as `dvc status` gives them (eval@sft)
+        todo = set(changed)
+        for name in changed:
+            if name in by_name:
+                todo |= {d.name for d in nx.descendants(upstream_first, by_name[name])}
+        return [st.name for st in nx.topological_sort(upstream_first) if st.name in todo and not st.frozen]
 
 
 def main(argv: list[str] | None = None) -> int:
