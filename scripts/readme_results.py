@@ -3,6 +3,8 @@
 
     python scripts/readme_results.py          # rewrite the block between the markers in README.md
     python scripts/readme_results.py --check  # exit 1 if README.md's block differs from the metrics
+    # the SmolLM2 lineage's block, from the preset run's copy (make repro PRESET=smollm2-cpu):
+    python scripts/readme_results.py --lineage results/smollm2-cpu/metrics/lineage.json --block results-smollm2-cpu
 
 Each cell is `value [lo, hi]` (the version's 95% interval); a star marks a significant paired
 change from the version's parent (McNemar or paired bootstrap, `report.alpha`), and the list
@@ -24,7 +26,14 @@ from readme_dag import splice  # scripts/ is on the path of a script run from it
 from bioreasoner.reporting.plots import KEY_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- results:start (scripts/readme_results.py) -->", "<!-- results:end -->"
+
+
+def markers(block: str = "results") -> tuple[str, str]:
+    """The comment lines a block sits between: `results` (the default's), `results-<preset>`."""
+    return f"<!-- {block}:start (scripts/readme_results.py) -->", f"<!-- {block}:end -->"
+
+
+START, END = markers()
 ROWS = (*KEY_METRICS, "pubmedqa_no_decision_rate")  # lineage.svg's panels, plus no decision
 
 
@@ -42,7 +51,7 @@ def cell(value: Mapping[str, Any] | None, delta: Mapping[str, Any] | None) -> st
     return text + (" \\*" if delta and delta.get("significant") else "")
 
 
-def render_block(lineage: Mapping[str, Any], rows: tuple[str, ...] = ROWS) -> str:
+def render_block(lineage: Mapping[str, Any], rows: tuple[str, ...] = ROWS, block: str = "results") -> str:
     versions = list(lineage["versions"])
     deltas = lineage.get("deltas", {})
     lines = [
@@ -60,7 +69,7 @@ def render_block(lineage: Mapping[str, Any], rows: tuple[str, ...] = ROWS) -> st
             if isinstance(d, dict) and d.get("significant")
         ]
         lines.append(f"- {v} vs {delta['parent']}: " + ("; ".join(moved) if moved else "none"))
-    return "\n".join([START, *lines, END])
+    return "\n".join([markers(block)[0], *lines, markers(block)[1]])
 
 
 def main() -> None:
@@ -68,10 +77,12 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md's block is stale")
     ap.add_argument("--lineage", default=str(ROOT / "metrics" / "lineage.json"))
     ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--block", default="results", help="the block's marker name (results-smollm2-cpu: the preset's)")
     args = ap.parse_args()
     readme = Path(args.readme)
     text = readme.read_text(encoding="utf-8")
-    new = splice(text, render_block(json.loads(Path(args.lineage).read_text(encoding="utf-8"))), START, END)
+    lineage = json.loads(Path(args.lineage).read_text(encoding="utf-8"))
+    new = splice(text, render_block(lineage, block=args.block), *markers(args.block))
     if args.check:
         if new != text:
             print(f"{readme}: results block is stale: run python scripts/readme_results.py", file=sys.stderr)
