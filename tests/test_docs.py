@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 DOC_SOURCES = ["README.md", "params.yaml", "dvc.yaml", "Makefile", "src", "stages", "scripts", "benchmarks"]
@@ -118,3 +120,17 @@ def test_results_block_check_fails_when_the_readme_is_stale(tmp_path) -> None:
     assert subprocess.run([*args, "--check"], capture_output=True).returncode == 0
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old numbers" not in text
+
+
+@pytest.mark.parametrize(
+    ("lineage", "block"),
+    [
+        ("metrics/lineage.json", "results"),  # the embedded default's committed run
+        ("results/smollm2-cpu/metrics/lineage.json", "results-smollm2-cpu"),  # the real model's
+    ],
+)
+def test_committed_results_blocks_match_their_metrics(lineage: str, block: str) -> None:
+    """The README's tables are the committed metrics, not numbers typed in by hand."""
+    args = [sys.executable, str(ROOT / "scripts" / "readme_results.py"), "--lineage", str(ROOT / lineage)]
+    res = subprocess.run([*args, "--block", block, "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
